@@ -1,0 +1,36 @@
+# Two commands for a newcomer: `make demo` and `make test`. Each creates or refreshes .venv and does everything.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Demo photos: these two wheels carry real images; their own dependencies are not needed (and foolbox is never imported).
+DATA_WHEELS := ai-benchmark==0.1.2 foolbox==3.3.4
+OUT ?= demo-report
+
+.PHONY: demo test setup setup-dev bench clean
+
+$(VENV)/.stamp-base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[demo]"
+	$(PIP) install -q --no-deps $(DATA_WHEELS)
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.stamp-base
+setup-dev: $(VENV)/.stamp-dev
+
+demo: setup
+	$(VENV)/bin/quantdoctor demo --out $(OUT)
+
+test: setup-dev
+	$(PY) -m pytest -q
+
+bench: setup-dev
+	$(PY) benchmarks/diagnose_vs_debugger.py
+
+clean:
+	rm -rf $(VENV) $(OUT)

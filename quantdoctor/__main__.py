@@ -1,0 +1,5 @@
+import sys
+
+from quantdoctor.cli.main import main
+
+sys.exit(main())

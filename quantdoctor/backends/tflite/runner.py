@@ -1,0 +1,116 @@
+"""Run a .tflite model with LiteRT and read back any tensor, dequantized to float32."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from quantdoctor.backends.base import TensorSpec
+from quantdoctor.backends.tflite.graph import Graph, graph_from_interpreter
+from quantdoctor.errors import ModelLoadError
+
+
+def read_tflite(path: str | Path) -> bytes:
+    """The bytes of a .tflite file, checked for the TFLite flatbuffer identifier."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"quantized model {p} does not exist; give the path of a .tflite file")
+    data = p.read_bytes()
+    if data[4:8] != b"TFL3":
+        raise ModelLoadError(f"{p} is not a TFLite flatbuffer (no TFL3 identifier); give a .tflite file")
+    return data
+
+
+class TfliteRunner:
+    """A LiteRT interpreter that keeps every intermediate tensor readable.
+
+    XNNPACK is disabled on purpose: delegated ops hide their outputs (they show up as one DELEGATE op), and the builtin
+    kernels are the ones whose numerics the quantization parameters describe.
+
+    Args:
+        model: .tflite bytes.
+        batch_size: batches are padded to this size so the interpreter is allocated once.
+    """
+
+    def __init__(self, model: bytes, batch_size: int = 16, num_threads: int | None = None) -> None:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        self.model = bytes(model)
+        self.batch_size = batch_size
+        try:
+            self._interp = Interpreter(
+                model_content=self.model,
+                experimental_preserve_all_tensors=True,
+                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                num_threads=num_threads or os.cpu_count() or 1,
+            )
+            inp = self._interp.get_input_details()
+            if len(inp) != 1:
+                raise ModelLoadError(f"the model has {len(inp)} inputs; quantdoctor supports single-input models for now")
+            self._in = inp[0]
+            shape = list(self._in["shape"])
+            if shape and shape[0] != batch_size:
+                shape[0] = batch_size
+                self._interp.resize_tensor_input(self._in["index"], shape, strict=False)
+            self._interp.allocate_tensors()
+        except ModelLoadError:
+            raise
+        except (ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"LiteRT cannot load the model: {first}") from None
+        self.graph: Graph = graph_from_interpreter(self._interp)
+        self._in = self._interp.get_input_details()[0]
+        self._out = self._interp.get_output_details()
+
+    def inputs(self) -> list[TensorSpec]:
+        d = self._in
+        return [TensorSpec(d["name"], tuple(int(s) for s in d["shape"][1:]), np.dtype(d["dtype"]).name)]
+
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec(d["name"], tuple(int(s) for s in d["shape"][1:]), np.dtype(d["dtype"]).name) for d in self._out]
+
+    def _invoke(self, batch: np.ndarray) -> int:
+        n = batch.shape[0]
+        if n > self.batch_size:
+            raise ValueError(f"batch of {n} exceeds the runner's batch size {self.batch_size}")
+        if n < self.batch_size:
+            pad = np.zeros((self.batch_size - n,) + batch.shape[1:], dtype=batch.dtype)
+            batch = np.concatenate([batch, pad])
+        self._interp.set_tensor(self._in["index"], self._quantize_input(batch))
+        self._interp.invoke()
+        return n
+
+    def _quantize_input(self, x: np.ndarray) -> np.ndarray:
+        dtype = np.dtype(self._in["dtype"])
+        if dtype.kind == "f":
+            return x.astype(dtype, copy=False)
+        scale, zp = self._in["quantization"]
+        info = np.iinfo(dtype)
+        q = np.round(x / scale) + zp
+        return np.clip(q, info.min, info.max).astype(dtype)
+
+    def dequantized(self, index: int, n: int) -> np.ndarray:
+        """The float32 value of one tensor from the last invoke (first n samples)."""
+        value = self._interp.get_tensor(index)[:n]
+        qp = self.graph.tensors[index].quant
+        if qp is None or value.dtype.kind == "f":
+            return value.astype(np.float32, copy=False)
+        scales = np.asarray(qp.scales, dtype=np.float32)
+        zps = np.asarray(qp.zero_points, dtype=np.float32)
+        if qp.axis is not None and scales.size > 1:
+            bshape = [1] * value.ndim
+            bshape[qp.axis] = scales.size
+            scales, zps = scales.reshape(bshape), zps.reshape(bshape)
+        return (value.astype(np.float32) - zps) * scales
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        n = self._invoke(batch)
+        return self.dequantized(self._out[0]["index"], n)
+
+    def capture(self, batch: np.ndarray, names: Sequence[int]) -> dict[int, np.ndarray]:
+        n = self._invoke(batch)
+        return {i: self.dequantized(i, n) for i in names}

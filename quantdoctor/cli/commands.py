@@ -1,0 +1,113 @@
+"""What each CLI command does once its arguments are parsed (heavy imports happen here, not in main)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEMO_SCHEMES = ("dynamic-per-tensor", "dynamic")
+
+
+def _console(width: int | None):
+    from rich.console import Console
+
+    return Console(width=width) if width else Console()
+
+
+def _config(args: argparse.Namespace, **over):
+    from quantdoctor.diagnose.config import DiagnoseConfig
+
+    fields = dict(
+        scheme=getattr(args, "scheme", None),
+        quantized=getattr(args, "quantized", None),
+        preprocess=args.preprocess,
+        resize=args.resize,
+        calib=args.calib,
+        calib_count=args.calib_count,
+        batch_size=args.batch_size,
+        top_k=args.top_k,
+        max_samples=args.max_samples,
+    )
+    fields.update(over)
+    return DiagnoseConfig(**fields)
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    from quantdoctor.diagnose.pipeline import diagnose
+    from quantdoctor.report.terminal import render
+    from quantdoctor.report.write import write_outputs
+
+    if args.out:
+        _check_out_dir(Path(args.out))
+    diag = diagnose(args.model, args.data, config=_config(args), progress=not args.no_progress and not args.json)
+    if args.json:
+        sys.stdout.write(diag.to_json() + "\n")
+    else:
+        render(diag, _console(args.width))
+    if args.out:
+        paths = write_outputs(diag, Path(args.out))
+        print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    return 0
+
+
+def run_schemes(args: argparse.Namespace) -> int:
+    from quantdoctor.quantize.schemes import SCHEMES, scheme_table_markdown
+
+    if args.markdown:
+        print(scheme_table_markdown())
+        return 0
+    from rich.table import Table
+
+    table = Table(title="quantization schemes")
+    for col in ("scheme", "weights", "activations", "I/O", "converter settings"):
+        table.add_column(col)
+    for name, s in SCHEMES.items():
+        table.add_row(name, s.weights, s.activations, s.io, s.converter_settings)
+    _console(None).print(table)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from quantdoctor.data import Dataset
+    from quantdoctor.demo.efficientnet_lite0 import demo_model_path
+    from quantdoctor.demo.photos import demo_images
+    from quantdoctor.diagnose.pipeline import diagnose
+    from quantdoctor.report.terminal import render
+    from quantdoctor.report.write import write_outputs
+
+    out = Path(args.out)
+    _check_out_dir(out)
+    console = _console(args.width)
+    console.print("[bold]quantdoctor demo[/bold]: EfficientNet-Lite0 (ImageNet, 1000 classes) on 120 real photos")
+    model = demo_model_path()
+    images = demo_images()
+    data = Dataset.from_images(
+        list(images.paths), list(images.labels), (224, 224, 3), preprocess="efficientnet-lite", description=images.source
+    )
+    results = {}
+    for scheme in DEMO_SCHEMES:
+        console.rule(f"scheme {scheme}")
+        diag = diagnose(
+            model, data, scheme=scheme, preprocess="efficientnet-lite", max_samples=args.max_samples,
+            progress=not args.no_progress,
+        )
+        render(diag, console)
+        write_outputs(diag, out / scheme)
+        results[scheme] = diag
+    console.rule("demo summary")
+    for scheme, diag in results.items():
+        onset = f"error onset at {diag.onset.label} ({diag.onset.sqnr_db:.1f} dB)" if diag.onset else "no error onset"
+        console.print(
+            f"{scheme:>20}: top-1 agreement with float {diag.model.top1_agreement:.2f}, "
+            f"top-{diag.model.k} {diag.model.topk_agreement:.2f}; {onset}"
+        )
+    console.print(f"reports written to {out}/<scheme>/report.html and report.json")
+    return 0
+
+
+def _check_out_dir(out: Path) -> None:
+    from quantdoctor.errors import UserInputError
+
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")

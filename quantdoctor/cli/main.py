@@ -1,0 +1,99 @@
+"""The `quantdoctor` command line. Exit codes: 0 done, 1 user error (one line, no traceback), 2 internal error."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+EXIT_OK, EXIT_USER, EXIT_INTERNAL = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quantdoctor",
+        description="Find where and why a quantized TFLite model departs from its float model.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("diagnose", help="compare a float model with its quantized version, layer by layer")
+    d.add_argument("model", help="float model: .keras, .h5, SavedModel directory or float .tflite")
+    d.add_argument("--data", required=True, help=".npz (x, optional y), .npy, or an image folder (sub-folder per class)")
+    q = d.add_mutually_exclusive_group(required=True)
+    q.add_argument("--scheme", help="quantize with this scheme (see `quantdoctor schemes`)")
+    q.add_argument("--quantized", metavar="FILE", help="a quantized .tflite made elsewhere from the same model")
+    add_data_options(d)
+    add_output_options(d)
+
+    s = sub.add_parser("schemes", help="list the quantization schemes and the converter settings behind each")
+    s.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+
+    m = sub.add_parser("demo", help="diagnose the real EfficientNet-Lite0 on real photos under two schemes")
+    m.add_argument("--out", default="demo-report", help="folder for the reports (default: demo-report)")
+    m.add_argument("--max-samples", type=int, default=None, help="evaluate at most this many photos")
+    m.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    m.add_argument("--width", type=int, default=None, help="terminal width for the summary")
+    return parser
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preprocess", default="none", help="preset applied to the data (see README; default: none)")
+    p.add_argument("--resize", default="crop", choices=("crop", "stretch"), help="how images reach the input size")
+    p.add_argument("--calib", metavar="DATA", help="calibration data (default: part of --data, excluded from evaluation)")
+    p.add_argument("--calib-count", type=int, default=100, help="samples of --data used to calibrate (default: 100)")
+    p.add_argument("--batch-size", type=int, default=16, help="samples per interpreter call (default: 16)")
+    p.add_argument("--top-k", type=int, default=3, help="k of the top-k metrics (default: 3)")
+    p.add_argument("--max-samples", type=int, default=None, help="evaluate at most this many samples")
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", metavar="DIR", help="write report.json and report.html here")
+    p.add_argument("--json", action="store_true", help="print the JSON report to stdout instead of the summary")
+    p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    p.add_argument("--width", type=int, default=None, help="terminal width for the summary")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from quantdoctor.errors import QuantDoctorError
+
+    try:
+        if args.command == "diagnose":
+            from quantdoctor.cli.commands import run_diagnose
+
+            return run_diagnose(args)
+        if args.command == "schemes":
+            from quantdoctor.cli.commands import run_schemes
+
+            return run_schemes(args)
+        if args.command == "demo":
+            from quantdoctor.cli.commands import run_demo
+
+            return run_demo(args)
+    except QuantDoctorError as exc:
+        print(f"quantdoctor: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("quantdoctor: interrupted", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: an internal error, not the user's
+        if os.environ.get("QUANTDOCTOR_DEBUG"):
+            raise
+        print(
+            f"quantdoctor: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            "(set QUANTDOCTOR_DEBUG=1 for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+    return EXIT_INTERNAL
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Where quantdoctor keeps files it builds once (the demo model), and how it writes files safely."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from quantdoctor.errors import UserInputError
+
+CACHE_ENV = "QUANTDOCTOR_CACHE"
+
+
+def cache_dir() -> Path:
+    """Return the cache folder, creating it if missing.
+
+    `$QUANTDOCTOR_CACHE` if set, else `$XDG_CACHE_HOME/quantdoctor`, else `~/.cache/quantdoctor`.
+
+    Raises:
+        UserInputError: the folder cannot be created (e.g. a read-only home).
+    """
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        path = Path(override).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+        path = base / "quantdoctor"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError(
+            f"cannot create the cache folder {path} ({exc.strerror}); set {CACHE_ENV} to a writable folder"
+        ) from exc
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` so that readers see either the old file or the whole new one, never half of it.
+
+    The temporary file lives in the same folder because `os.replace` is only atomic within one file system.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,65 @@
+"""Options of a diagnose run, as one frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from quantdoctor.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class DiagnoseConfig:
+    """How to build the quantized model and read the data.
+
+    Attributes:
+        scheme: quantization scheme to convert with (see `quantdoctor schemes`); or None with `quantized`.
+        quantized: path of a quantized .tflite made elsewhere.
+        preprocess: preprocessing preset applied to the data.
+        resize: how images are brought to the model's input size: "crop" or "stretch".
+        calib: path of calibration data; by default a part of the data, disjoint from the evaluated samples.
+        calib_count: how many samples of the data calibrate when `calib` is not given.
+        batch_size: samples per interpreter call.
+        top_k: k of the top-k metrics.
+        max_samples: evaluate at most this many samples (None: all).
+        onset_drop_db: an op whose output SQNR is this much below its input's may be the error onset...
+        onset_below_db: ...if its output SQNR is also below this.
+    """
+
+    scheme: str | None = None
+    quantized: str | None = None
+    preprocess: str = "none"
+    resize: str = "crop"
+    calib: str | None = None
+    calib_count: int = 100
+    batch_size: int = 16
+    top_k: int = 3
+    max_samples: int | None = None
+    onset_drop_db: float = 10.0
+    onset_below_db: float = 20.0
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if (self.scheme is None) == (self.quantized is None):
+            raise UserInputError("give exactly one of --scheme NAME (convert for me) or --quantized FILE.tflite")
+        if self.batch_size < 1:
+            raise UserInputError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.top_k < 1:
+            raise UserInputError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.calib_count < 1:
+            raise UserInputError(f"--calib-count must be at least 1, got {self.calib_count}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise UserInputError(f"--max-samples must be at least 1, got {self.max_samples}")
+        if self.resize not in ("crop", "stretch"):
+            raise UserInputError(f"--resize must be 'crop' or 'stretch', got '{self.resize}'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DiagnoseConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UserInputError(f"unknown diagnose option(s): {', '.join(sorted(unknown))}")
+        return cls(**d)

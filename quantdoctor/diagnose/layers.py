@@ -1,0 +1,92 @@
+"""Turn matched tensor pairs and their accumulated errors into LayerResult records."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quantdoctor.backends.tflite.graph import WEIGHTED_OPS, Graph
+from quantdoctor.diagnose.results import Coverage, LayerResult, TensorError
+from quantdoctor.matching.keras_names import LayerLabel
+from quantdoctor.matching.match import Matching, _through_conversions
+
+_INTEGER = ("int8", "uint8", "int16", "int32")
+
+
+def is_dynamic_range(qg: Graph) -> bool:
+    """True when activations stay float and (some) weights are integer: the hybrid scheme."""
+    acts_integer = any(qg.tensors[t].dtype in _INTEGER for t in qg.activations() if qg.producer_type(t) != "INPUT")
+    return not acts_integer
+
+
+def build_layers(
+    fg: Graph,
+    qg: Graph,
+    matching: Matching,
+    errors: dict[int, TensorError],
+    labels: dict[int, LayerLabel],
+) -> tuple[LayerResult, ...]:
+    """One LayerResult per matched pair, in the quantized graph's execution order (graph inputs first)."""
+    dynamic = is_dynamic_range(qg)
+    q_to_f = {p.quant_index: p.float_index for p in matching.pairs}
+    results = []
+    for pair in matching.pairs:
+        f, q = pair.float_index, pair.quant_index
+        qt = qg.tensors[q]
+        producer = None if qt.producer is None else qg.op(qt.producer)
+        op_type = "INPUT" if producer is None else producer.type
+        inputs: list[int] = []
+        if producer is not None:
+            for i in qg.activation_inputs(producer):
+                src = _through_conversions(qg, i)
+                if src in q_to_f:
+                    inputs.append(q_to_f[src])
+        in_sqnr = None
+        if inputs:
+            in_sqnr = min(errors[i].sqnr_db for i in inputs if i in errors) if any(i in errors for i in inputs) else None
+        elif producer is None:
+            in_sqnr = None
+        err = errors[f]
+        rmse_over_scale = None
+        if qt.quant is not None and qt.dtype in _INTEGER:
+            rmse_over_scale = err.rmse / float(np.mean(qt.quant.scales))
+        label = labels.get(f)
+        results.append(
+            LayerResult(
+                position=-1 if producer is None else producer.index,
+                float_tensor=fg.tensors[f].name,
+                quant_tensor=qt.name,
+                keras_layers=label.layers if label else (),
+                op_type=op_type,
+                shape=tuple(qt.shape[1:]),
+                match=pair.method,
+                accumulated=err,
+                quant=qt.quant if qt.dtype in _INTEGER else None,
+                weights=None if producer is None else qg.weight_info(producer, dynamic),
+                input_tensors=tuple(fg.tensors[i].name for i in inputs),
+                input_sqnr_db=_input_sqnr(in_sqnr, producer is None),
+                rmse_over_scale=rmse_over_scale,
+            )
+        )
+    return tuple(sorted(results, key=lambda r: r.position))
+
+
+def _input_sqnr(value: float | None, is_graph_input: bool) -> float | None:
+    # The graph input itself has no input; an op whose inputs could not be paired has an unknown one.
+    return None if is_graph_input else value
+
+
+def coverage(layers: tuple[LayerResult, ...], matching: Matching, fg: Graph, keras_weighted: set[str] | None) -> Coverage:
+    """Match coverage; conv/depthwise/dense layers are counted as Keras layers when known, else as float ops."""
+    float_total = len(matching.pairs) + sum(1 for u in matching.unmatched if u.side == "float")
+    if keras_weighted is not None:
+        total = keras_weighted
+        covered = {name for l in layers for name in l.keras_layers} & total
+    else:
+        total = {fg.tensors[t].name for op in fg.ops if op.type in WEIGHTED_OPS for t in op.outputs}
+        covered = {l.float_tensor for l in layers} & total
+    return Coverage(
+        matched=len(matching.pairs),
+        float_tensors=float_total,
+        weighted_layers_matched=len(covered),
+        weighted_layers=len(total),
+    )

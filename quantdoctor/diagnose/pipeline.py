@@ -1,0 +1,233 @@
+"""diagnose(): run the float model and its quantized version on the same data and measure where they part.
+
+One streaming pass per model: each batch runs through both interpreters, every matched tensor pair updates its error
+accumulator, and the batch is dropped. Memory does not grow with the number of samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantdoctor.diagnose.config import DiagnoseConfig
+from quantdoctor.diagnose.layers import build_layers, coverage
+from quantdoctor.diagnose.onset import find_onset
+from quantdoctor.diagnose.results import Diagnosis, RunInfo
+from quantdoctor.errors import DataError
+from quantdoctor.progress import Progress
+
+
+def diagnose(
+    float_model: str | Path,
+    data: str | Path | Any,
+    quantized: str | Path | None = None,
+    scheme: str | None = None,
+    *,
+    config: DiagnoseConfig | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> Diagnosis:
+    """Compare a float model with its quantized version, layer by layer.
+
+    Args:
+        float_model: .keras / .h5 file, SavedModel directory or float .tflite.
+        data: .npz (x, optional y), .npy, an image folder, or a `quantdoctor.data.Dataset`.
+        quantized: a quantized .tflite made elsewhere; or give `scheme` to convert here.
+        scheme: quantization scheme name (see `quantdoctor.quantize.schemes.SCHEMES`).
+        config: all options at once; keyword `options` (preprocess=, batch_size=, ...) override its fields.
+        progress: show progress bars on stderr.
+
+    Raises:
+        UserInputError: bad model, data or options (the message says what to do).
+    """
+    base = config or DiagnoseConfig(scheme=scheme, quantized=None if quantized is None else str(quantized))
+    if config is not None and (scheme is not None or quantized is not None):
+        options = {**options, "scheme": scheme, "quantized": None if quantized is None else str(quantized)}
+    cfg = replace(base, **options) if options else base
+    with Progress(progress) as prog:
+        return _Run(cfg, prog).diagnose(Path(float_model), data)
+
+
+class _Run:
+    """One diagnose run; the methods are its steps in order."""
+
+    def __init__(self, cfg: DiagnoseConfig, prog: Progress) -> None:
+        self.cfg, self.prog = cfg, prog
+
+    def diagnose(self, model_path: Path, data) -> Diagnosis:
+        from quantdoctor.backends.keras.loader import detect_source
+        from quantdoctor.backends.tflite.runner import TfliteRunner, read_tflite
+        from quantdoctor.matching.match import match_graphs
+
+        cfg = self.cfg
+        source = detect_source(model_path)
+        keras_model, layer_infos = self._load_keras(source)
+        float_bytes = self._float_tflite(source, keras_model)
+        float_runner = TfliteRunner(float_bytes, cfg.batch_size)
+        input_shape = float_runner.inputs()[0].shape
+        dataset = self._dataset(data, input_shape)
+        eval_ds, calib_ds, calib_text = self._split(dataset, input_shape)
+        if cfg.quantized is not None:
+            quant_bytes = read_tflite(cfg.quantized)
+            quant_name = str(cfg.quantized)
+        else:
+            quant_bytes = self._quantize(source, keras_model, float_bytes, calib_ds)
+            quant_name = f"converted with scheme {cfg.scheme}"
+        quant_runner = TfliteRunner(quant_bytes, cfg.batch_size)
+        self._check_compatible(float_runner, quant_runner)
+        num_classes = int(float_runner.outputs()[0].shape[-1]) if float_runner.outputs()[0].shape else 1
+        eval_ds.check_labels(num_classes)
+
+        fg, qg = float_runner.graph, quant_runner.graph
+        matching = match_graphs(fg, qg)
+        labels = self._labels(fg, keras_model, layer_infos)
+        errors, model_metrics = self._passes(eval_ds, float_runner, quant_runner, matching, num_classes)
+
+        layers = build_layers(fg, qg, matching, errors, labels)
+        keras_weighted = None if layer_infos is None else {l.name for l in layer_infos if l.has_weights}
+        cov = coverage(layers, matching, fg, keras_weighted)
+        onset = find_onset(layers, cfg.onset_drop_db, cfg.onset_below_db)
+        run = RunInfo(
+            float_model=str(model_path),
+            float_kind=source.kind,
+            quantized_model=quant_name,
+            scheme=cfg.scheme,
+            data=eval_ds.description,
+            preprocess=cfg.preprocess,
+            calibration=calib_text,
+            num_eval_samples=len(eval_ds),
+            batch_size=cfg.batch_size,
+            seconds={k: round(v, 3) for k, v in self.prog.seconds.items()},
+        )
+        return Diagnosis(run, model_metrics, layers, matching.unmatched, cov, onset)
+
+    def _load_keras(self, source):
+        if source.kind != "keras":
+            return None, None
+        from quantdoctor.backends.keras.layers import layer_infos
+        from quantdoctor.backends.keras.loader import load_keras_model
+
+        with self.prog.step("load", f"loading {source.path.name}"):
+            model = load_keras_model(source.path)
+        return model, layer_infos(model)
+
+    def _float_tflite(self, source, keras_model) -> bytes:
+        from quantdoctor.backends.tflite.runner import read_tflite
+        from quantdoctor.quantize.converter import convert
+
+        if source.kind == "tflite":
+            data = read_tflite(source.path)
+            _check_float(data, source.path)
+            return data
+        with self.prog.step("convert_float", "converting to float TFLite"):
+            return convert(keras_model if keras_model is not None else source, None)
+
+    def _dataset(self, data, input_shape):
+        from quantdoctor.data import Dataset, load_dataset
+
+        if isinstance(data, Dataset):
+            return data
+        return load_dataset(data, input_shape, preprocess=self.cfg.preprocess, resize=self.cfg.resize)
+
+    def _split(self, dataset, input_shape):
+        """(evaluation set, calibration set or None, sentence saying which samples calibrated)."""
+        from quantdoctor.data import load_dataset, split_calibration
+        from quantdoctor.quantize.schemes import SCHEMES
+
+        cfg = self.cfg
+        needs_calib = cfg.quantized is None and SCHEMES.get(cfg.scheme).needs_calibration
+        eval_ds, calib_ds, text = dataset, None, "none needed (weights-only / dynamic-range scheme)"
+        if cfg.quantized is not None:
+            text = "unknown (quantized model given)"
+        elif needs_calib and cfg.calib is not None:
+            calib_ds = load_dataset(cfg.calib, input_shape, preprocess=cfg.preprocess, resize=cfg.resize)
+            text = f"{len(calib_ds)} samples of {calib_ds.description}"
+        elif needs_calib:
+            if len(dataset) < 2:
+                raise DataError("calibration needs a part of --data but it has 1 sample; give --calib DATA or more data")
+            calib_idx, eval_idx = split_calibration(len(dataset), cfg.calib_count)
+            calib_ds, eval_ds = dataset.subset(calib_idx), dataset.subset(eval_idx)
+            text = (
+                f"{len(calib_idx)} samples of --data (seeded random choice, excluded from evaluation; "
+                f"indices {_short_list(calib_idx)})"
+            )
+        if cfg.max_samples is not None and len(eval_ds) > cfg.max_samples:
+            eval_ds = eval_ds.subset(np.arange(cfg.max_samples))
+        return eval_ds, calib_ds, text
+
+    def _quantize(self, source, keras_model, float_bytes: bytes, calib_ds) -> bytes:
+        from quantdoctor.quantize.converter import convert
+
+        calibration = None
+        if calib_ds is not None:
+            def calibration():
+                for x, _ in calib_ds.batches(1):
+                    yield x
+
+        with self.prog.step("convert_quant", f"quantizing ({self.cfg.scheme})"):
+            target = source if source.kind != "keras" else keras_model
+            return convert(target, self.cfg.scheme, calibration)
+
+    def _check_compatible(self, float_runner, quant_runner) -> None:
+        from quantdoctor.errors import ModelLoadError
+
+        fi, qi = float_runner.inputs()[0], quant_runner.inputs()[0]
+        fo, qo = float_runner.outputs()[0], quant_runner.outputs()[0]
+        if fi.shape != qi.shape or fo.shape != qo.shape:
+            raise ModelLoadError(
+                f"the quantized model (input {qi.shape}, output {qo.shape}) does not fit the float model "
+                f"(input {fi.shape}, output {fo.shape}); give the quantized version of this float model"
+            )
+
+    def _labels(self, fg, keras_model, layer_infos):
+        if layer_infos is None:
+            return {}
+        from quantdoctor.matching.keras_names import KerasLabeler
+
+        output_layers = tuple(t._keras_history.operation.name for t in keras_model.outputs)
+        labeler = KerasLabeler(layer_infos, output_layers)
+        tensors = {t: (fg.tensors[t].name, fg.tensors[t].shape[1:]) for t in fg.activations()}
+        return labeler.label_all(tensors, fg.outputs)
+
+    def _passes(self, eval_ds, float_runner, quant_runner, matching, num_classes):
+        from quantdoctor.stats.accumulators import ErrorAccumulator
+        from quantdoctor.stats.classification import ClassificationAccumulator
+
+        f_ids = [p.float_index for p in matching.pairs]
+        q_ids = [p.quant_index for p in matching.pairs]
+        f_out, q_out = float_runner.graph.outputs[0], quant_runner.graph.outputs[0]
+        accs = {f: ErrorAccumulator() for f in f_ids}
+        cls = ClassificationAccumulator(num_classes, k=self.cfg.top_k)
+        labels = eval_ds.labels
+        with self.prog.step("passes", "float + quantized passes", total=len(eval_ds)) as step:
+            for x, idx in eval_ds.batches(self.cfg.batch_size):
+                fv = float_runner.capture(x, f_ids + [f_out])
+                qv = quant_runner.capture(x, q_ids + [q_out])
+                for f, q in zip(f_ids, q_ids):
+                    accs[f].update(fv[f], qv[q])
+                y = None if labels is None else labels[idx]
+                cls.update(fv[f_out].reshape(len(x), -1), qv[q_out].reshape(len(x), -1), y)
+                step.advance(len(x))
+        if cls.result().num_samples == 0:
+            raise DataError("no samples left to evaluate; give more data or a smaller --calib-count")
+        return {f: a.result() for f, a in accs.items()}, cls.result()
+
+
+def _check_float(data: bytes, path: Path) -> None:
+    from quantdoctor.backends.tflite.runner import TfliteRunner
+    from quantdoctor.errors import ModelLoadError
+
+    g = TfliteRunner(data, 1).graph
+    integer = [t for t in g.tensors.values() if t.dtype in ("int8", "uint8", "int16") and t.is_constant]
+    if integer:
+        raise ModelLoadError(
+            f"{path} already holds quantized weights ({integer[0].name}); give the float model and pass this file as --quantized"
+        )
+
+
+def _short_list(idx) -> str:
+    idx = [int(i) for i in idx]
+    return ", ".join(map(str, idx)) if len(idx) <= 12 else ", ".join(map(str, idx[:10])) + f", ... ({len(idx)} in all)"

@@ -1,0 +1,321 @@
+"""The result of a diagnosis: one frozen data model that every output (terminal, JSON, HTML, pandas) is rendered from."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+SCHEMA_VERSION = "1.0"
+
+
+class MatchMethod(str, Enum):
+    """How a float tensor was paired with a quantized one (STYLE rule 7: every match says how it was made)."""
+
+    EXACT_ID = "exact_id"  # same converter location name (a stable id the converter keeps through quantization)
+    NAME = "name"  # same name after dropping the converter's de-duplication suffix
+    SHAPE_TOPOLOGY = "shape+topology"  # same op type and shape, fed by already-matched tensors
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Quantization parameters of one tensor as stored in the .tflite file."""
+
+    dtype: str
+    scales: tuple[float, ...]
+    zero_points: tuple[int, ...]
+    axis: int | None  # quantized dimension for per-channel, None for per-tensor
+
+    @property
+    def granularity(self) -> str:
+        return "per-channel" if len(self.scales) > 1 else "per-tensor"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["scales"] = list(self.scales)
+        d["zero_points"] = list(self.zero_points)
+        d["granularity"] = self.granularity
+        return d
+
+
+@dataclass(frozen=True)
+class TensorError:
+    """Error of a quantized tensor against its float reference, over every element of every sample."""
+
+    sqnr_db: float
+    cosine_mean: float  # mean over samples of the per-sample cosine similarity
+    relative_rmse: float
+    rmse: float
+    max_abs_error: float
+    ref_rms: float
+    num_samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _json_number(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class WeightInfo:
+    """How the converter stored the weights of one op."""
+
+    tensor: str
+    shape: tuple[int, ...]
+    storage: str  # "int8", "float16", "float32", ...
+    kernel: str  # "integer", "hybrid (dynamic range)", "float (dequantized at load)", "float"
+    quant: QuantParams | None
+    note: str = ""  # e.g. "left in float: fewer than 1024 elements"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tensor": self.tensor,
+            "shape": list(self.shape),
+            "storage": self.storage,
+            "kernel": self.kernel,
+            "quant": self.quant.to_dict() if self.quant else None,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """One matched tensor pair: where it sits, what produced it, and how far the quantized value departs."""
+
+    position: int  # topological position of the producing op in the quantized graph
+    float_tensor: str
+    quant_tensor: str
+    keras_layers: tuple[str, ...]  # Keras layers folded into this tensor, last one = the layer whose output it is
+    op_type: str
+    shape: tuple[int, ...]
+    match: MatchMethod
+    accumulated: TensorError  # end-to-end error: quantized model vs float model at this tensor
+    quant: QuantParams | None  # None for float tensors (dynamic-range activations)
+    weights: WeightInfo | None
+    input_tensors: tuple[str, ...]  # float names of the activation inputs
+    input_sqnr_db: float | None  # SQNR of the worst activation input (None: no matched input)
+    rmse_over_scale: float | None  # accumulated RMSE in units of the quantization step
+    isolated: TensorError | None = None  # the op's own error given the same input (added by the explain issue)
+
+    @property
+    def label(self) -> str:
+        return self.keras_layers[-1] if self.keras_layers else self.float_tensor
+
+    @property
+    def sqnr_drop_db(self) -> float | None:
+        """SQNR lost from the worst input to the output (positive = the op made things worse)."""
+        if self.input_sqnr_db is None:
+            return None
+        return _finite_drop(self.input_sqnr_db, self.accumulated.sqnr_db)
+
+    @property
+    def noise_added(self) -> float:
+        """Increase of the noise-to-signal power ratio across the op, 10^(-out/10) - 10^(-in/10).
+
+        Ranking by this (not by the dB drop) keeps an exact input (SQNR = +inf) from making the first layer look worst.
+        """
+        inp = 0.0 if self.input_sqnr_db is None else _nsr(self.input_sqnr_db)
+        return _nsr(self.accumulated.sqnr_db) - inp
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "label": self.label,
+            "float_tensor": self.float_tensor,
+            "quant_tensor": self.quant_tensor,
+            "keras_layers": list(self.keras_layers),
+            "op_type": self.op_type,
+            "shape": list(self.shape),
+            "match": self.match.value,
+            "accumulated": self.accumulated.to_dict(),
+            "isolated": self.isolated.to_dict() if self.isolated else None,
+            "quant": self.quant.to_dict() if self.quant else None,
+            "weights": self.weights.to_dict() if self.weights else None,
+            "input_tensors": list(self.input_tensors),
+            "input_sqnr_db": _json_number(self.input_sqnr_db),
+            "sqnr_drop_db": _json_number(self.sqnr_drop_db),
+            "noise_added": _json_number(self.noise_added),
+            "rmse_over_scale": _json_number(self.rmse_over_scale),
+        }
+
+
+@dataclass(frozen=True)
+class Unmatched:
+    """A tensor that has no counterpart on the other side, and why."""
+
+    side: str  # "float" or "quantized"
+    tensor: str
+    op_type: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Share of float activation tensors matched, overall and for the layer kinds that carry weights."""
+
+    matched: int
+    float_tensors: int
+    weighted_layers_matched: int  # Keras conv / depthwise / dense layers found in a matched tensor
+    weighted_layers: int
+
+    @property
+    def ratio(self) -> float:
+        return self.matched / self.float_tensors if self.float_tensors else 1.0
+
+    @property
+    def weighted_ratio(self) -> float:
+        return self.weighted_layers_matched / self.weighted_layers if self.weighted_layers else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ratio"] = self.ratio
+        d["weighted_ratio"] = self.weighted_ratio
+        return d
+
+
+@dataclass(frozen=True)
+class ClassLoss:
+    """A class whose predictions the quantized model loses most."""
+
+    class_index: int
+    support: int
+    float_rate: float
+    quant_rate: float
+    drop: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """Model-level comparison of the quantized model's outputs with the float model's."""
+
+    num_samples: int
+    num_labelled: int
+    k: int
+    top1_agreement: float
+    topk_agreement: float
+    float_top1: float | None
+    float_topk: float | None
+    quant_top1: float | None
+    quant_topk: float | None
+    kl_mean: float
+    logit_sqnr_db: float
+    logit_cosine: float
+    worst_classes: tuple[ClassLoss, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: _json_number(getattr(self, f.name)) for f in fields(self) if f.name != "worst_classes"}
+        d["worst_classes"] = [c.to_dict() for c in self.worst_classes]
+        return d
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What was compared, on what data, and how long it took."""
+
+    float_model: str
+    float_kind: str
+    quantized_model: str  # a path, or "converted with scheme X"
+    scheme: str | None
+    data: str
+    preprocess: str
+    calibration: str  # which samples calibrated the quantized model (or "none needed")
+    num_eval_samples: int
+    batch_size: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Onset:
+    """The first layer where the error jumps."""
+
+    position: int
+    label: str
+    sqnr_db: float
+    input_sqnr_db: float | None
+    rule: str  # the rule that picked it, in words
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _json_number(v) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Everything one diagnose run measured. Renderers read this and nothing else."""
+
+    run: RunInfo
+    model: ModelMetrics
+    layers: tuple[LayerResult, ...]
+    unmatched: tuple[Unmatched, ...]
+    coverage: Coverage
+    onset: Onset | None
+    schema_version: str = SCHEMA_VERSION
+
+    def worst_layers(self, n: int = 10) -> list[LayerResult]:
+        """Layers that add the most noise relative to the signal (see `LayerResult.noise_added`)."""
+        return sorted(self.layers, key=lambda l: (-l.noise_added, l.position))[:n]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "tool": "quantdoctor",
+            "run": self.run.to_dict(),
+            "model": self.model.to_dict(),
+            "coverage": self.coverage.to_dict(),
+            "onset": self.onset.to_dict() if self.onset else None,
+            "worst_layers": [l.position for l in self.worst_layers()],
+            "layers": [l.to_dict() for l in self.layers],
+            "unmatched": [u.to_dict() for u in self.unmatched],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def to_html(self) -> str:
+        from quantdoctor.report.html import render_html
+
+        return render_html(self)
+
+    def summary(self, width: int = 100) -> str:
+        from quantdoctor.report.terminal import render_text
+
+        return render_text(self, width=width)
+
+    def layers_frame(self):  # -> pandas.DataFrame
+        from quantdoctor.report.frame import layers_frame
+
+        return layers_frame(self)
+
+
+def _nsr(sqnr_db: float) -> float:
+    if math.isnan(sqnr_db):
+        return math.nan
+    if sqnr_db == math.inf:
+        return 0.0
+    if sqnr_db == -math.inf:
+        return math.inf
+    return 10.0 ** (-sqnr_db / 10.0)
+
+
+def _finite_drop(a: float, b: float) -> float:
+    if math.isinf(a) and math.isinf(b) and a == b:
+        return 0.0
+    return a - b
+
+
+def _json_number(v: Any) -> Any:
+    """JSON has no inf/nan: encode them as strings so the file stays valid JSON."""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+    return v

@@ -1,0 +1,94 @@
+"""Terminal view of a `Diagnosis`: header, model metrics, error onset, worst layers, coverage."""
+
+from __future__ import annotations
+
+import io
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from quantdoctor.diagnose.results import Diagnosis
+from quantdoctor.report import sentences as s
+
+TEXT_WORST_COLUMNS = {"Layer", "Op", "Weights", "Act"}
+TEXT_MIN_WIDTH = {"Layer": 12, "Op": 8, "Weights": 11, "Act": 5}
+
+
+def render(diagnosis: Diagnosis, console: Console, worst: int = 10) -> None:
+    """Print the diagnosis to `console`."""
+    console.print(renderable(diagnosis, worst=worst))
+
+
+def render_text(diagnosis: Diagnosis, width: int = 100) -> str:
+    """The terminal view as plain text (no colour), `width` columns wide."""
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, color_system=None, record=False, force_terminal=False, legacy_windows=False)
+    render(diagnosis, console)
+    # Rich pads every table cell to the column width; plain text reads (and diffs) better without trailing blanks.
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
+
+
+def renderable(diagnosis: Diagnosis, worst: int = 10) -> RenderableType:
+    """All sections, in reading order, as one rich renderable."""
+    return Group(
+        header(diagnosis),
+        Text(""),
+        metrics(diagnosis),
+        Text(""),
+        onset(diagnosis),
+        Text(""),
+        worst_layers(diagnosis, worst),
+        Text(""),
+        coverage(diagnosis),
+    )
+
+
+def header(d: Diagnosis) -> Table:
+    table = _key_value_table("quantdoctor diagnosis")
+    for key, value in s.header_rows(d.run):
+        table.add_row(key, value)
+    return table
+
+
+def metrics(d: Diagnosis) -> Table:
+    table = _key_value_table("Model metrics")
+    for key, value in s.metric_rows(d.model):
+        table.add_row(key, value)
+    lines = s.worst_class_lines(d.model)
+    if lines:
+        table.add_row("Worst classes", "\n".join(lines))
+    return table
+
+
+def onset(d: Diagnosis) -> Text:
+    text = Text(s.onset_sentence(d), style="bold")
+    if d.onset is not None and d.onset.rule:
+        text.append(f"\nRule: {d.onset.rule}", style="dim")
+    return text
+
+
+def worst_layers(d: Diagnosis, n: int = 10) -> Table:
+    # The box's column separator is a space: with one more of left padding, columns sit two spaces apart.
+    table = Table(title=s.worst_title(n), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                  padding=(0, 0, 0, 1))
+    for name in s.WORST_COLUMNS:
+        text = name in TEXT_WORST_COLUMNS
+        # Numbers never wrap; on a narrow terminal the text columns wrap instead.
+        table.add_column(name.replace("/", "/\n"), justify="left" if text else "right", no_wrap=not text,
+                         overflow="fold", min_width=TEXT_MIN_WIDTH.get(name))
+    for layer in d.worst_layers(n):
+        table.add_row(*s.worst_layer_row(layer))
+    return table
+
+
+def coverage(d: Diagnosis) -> Text:
+    return Text(f"{s.coverage_sentence(d)}\n{s.unmatched_sentence(d)}")
+
+
+def _key_value_table(title: str) -> Table:
+    table = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    return table

@@ -1,0 +1,153 @@
+"""Streaming statistics of the error between float and quantized tensors, in fixed memory.
+
+Every accumulator here follows one contract: `update(...)` folds a batch in (mutating), `merge(other)` returns a *new*
+accumulator holding both streams (neither input changes), and `result()` returns a frozen dataclass with `to_dict()`.
+Only sums and extrema are kept, never the samples, so memory does not grow with the data set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from quantdoctor.errors import DataError
+from quantdoctor.stats.metrics import cosine_from_sums, relative_rmse_from_sums, sqnr_from_sums
+
+R = TypeVar("R")
+
+
+def result_from_dict(cls: type[R], data: dict[str, Any]) -> R:
+    """Build the frozen result dataclass `cls` from its `to_dict()` output.
+
+    Raises:
+        DataError: keys are missing or unknown (e.g. a JSON file from another version).
+    """
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    unknown, missing = set(data) - names, required - set(data)
+    if unknown or missing:
+        raise DataError(
+            f"cannot read {cls.__name__}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; "
+            "was it written by another quantdoctor version?"
+        )
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class TensorError:
+    """How far a test (quantized) tensor is from its reference (float) over a whole data stream.
+
+    `sqnr_db`, `relative_rmse`, `rmse`, `max_abs_error`, `mean_abs_error` and `mean_error` pool all elements of all samples
+    (they equal the `quantdoctor.stats.metrics` functions on the concatenated data); `cosine_mean` is the mean of the
+    per-sample cosines. `mean_error` is mean(test − ref), the bias quantization added; compare it with `ref_rms`
+    and `ref_mean`. Values may be nan (no data, NaN in
+    the tensors) or ±inf (see the metric docstrings).
+    """
+
+    sqnr_db: float
+    cosine_mean: float
+    relative_rmse: float
+    rmse: float
+    max_abs_error: float
+    ref_rms: float
+    num_samples: int
+    num_elements: int = 0
+    mean_abs_error: float = math.nan
+    mean_error: float = math.nan
+    ref_mean: float = math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorError:
+        return result_from_dict(cls, data)
+
+
+@dataclass
+class ErrorAccumulator:
+    """Streams the error between reference and test batches (first axis = samples) into a `TensorError`."""
+
+    num_samples: int = 0
+    num_elements: int = 0
+    sum_ref_sq: float = 0.0
+    sum_err_sq: float = 0.0
+    sum_abs_err: float = 0.0
+    sum_err: float = 0.0  # Σ(test − ref)
+    sum_ref: float = 0.0
+    max_abs_err: float = 0.0  # |err| ≥ 0, so 0 is the identity of max
+    sum_cosine: float = 0.0
+
+    def update(self, reference: np.ndarray, test: np.ndarray) -> None:
+        """Fold in one batch; `reference` and `test` have the same shape, samples on the first axis.
+
+        Raises:
+            DataError: the shapes differ, or the arrays are scalars (no sample axis).
+        """
+        ref = np.asarray(reference, dtype=np.float64)
+        tst = np.asarray(test, dtype=np.float64)
+        if ref.shape != tst.shape:
+            raise DataError(
+                f"reference batch has shape {ref.shape} but test batch has {tst.shape}; pass matching tensors"
+            )
+        if ref.ndim == 0:
+            raise DataError("got a scalar; pass a batch whose first axis indexes samples (e.g. x[None])")
+        n = ref.shape[0]
+        if n == 0:
+            return
+        ref, tst = ref.reshape(n, -1), tst.reshape(n, -1)
+        err = ref - tst
+        ref_sq = np.einsum("ij,ij->i", ref, ref)
+        if ref.shape[1] == 0:
+            cosines = np.full(n, np.nan)  # an empty sample has no cosine, as in `cosine_similarity`
+        else:
+            cosines = cosine_from_sums(np.einsum("ij,ij->i", ref, tst), ref_sq, np.einsum("ij,ij->i", tst, tst))
+            # np.maximum, unlike max(), propagates NaN whatever the order.
+            self.max_abs_err = float(np.maximum(self.max_abs_err, np.max(np.abs(err))))
+        self.num_samples += n
+        self.num_elements += err.size
+        self.sum_ref_sq += float(ref_sq.sum())
+        self.sum_err_sq += float(np.einsum("ij,ij->", err, err))
+        self.sum_abs_err += float(np.abs(err).sum())
+        self.sum_err -= float(err.sum())
+        self.sum_ref += float(ref.sum())
+        self.sum_cosine += float(cosines.sum())
+
+    def merge(self, other: ErrorAccumulator) -> ErrorAccumulator:
+        """Return a new accumulator holding both streams; `self` and `other` are unchanged."""
+        if not isinstance(other, ErrorAccumulator):
+            raise TypeError(f"cannot merge ErrorAccumulator with {type(other).__name__}")
+        merged = {
+            f.name: getattr(self, f.name) + getattr(other, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "max_abs_err"
+        }
+        return ErrorAccumulator(**merged, max_abs_err=float(np.maximum(self.max_abs_err, other.max_abs_err)))
+
+    def result(self) -> TensorError:
+        """Summarise the stream; every float is nan when no element was seen."""
+        n = self.num_elements
+        if n == 0:
+            cosine = self.sum_cosine / self.num_samples if self.num_samples else math.nan
+            return TensorError(math.nan, cosine, math.nan, math.nan, math.nan, math.nan, self.num_samples, 0)
+        return TensorError(
+            sqnr_db=sqnr_from_sums(self.sum_ref_sq, self.sum_err_sq),
+            cosine_mean=self.sum_cosine / self.num_samples,
+            relative_rmse=relative_rmse_from_sums(self.sum_ref_sq, self.sum_err_sq),
+            rmse=math.sqrt(self.sum_err_sq / n),
+            max_abs_error=self.max_abs_err,
+            ref_rms=math.sqrt(self.sum_ref_sq / n),
+            num_samples=self.num_samples,
+            num_elements=n,
+            mean_abs_error=self.sum_abs_err / n,
+            mean_error=self.sum_err / n,
+            ref_mean=self.sum_ref / n,
+        )
