@@ -116,6 +116,8 @@ _register_family(
     ("densenet",), keras_torch, "(x / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225] per RGB channel"
 )
 _register_family(
-    ("resnet50", "vgg16", "vgg19"), keras_caffe, "x[..., ::-1] - [103.939, 116.779, 123.68] (RGB -> BGR, minus BGR mean)"
+    ("resnet50", "vgg16", "vgg19"),
+    keras_caffe,
+    "x[..., ::-1] - [103.939, 116.779, 123.68] (RGB -> BGR, minus BGR mean)",
 )
 _register_family(("efficientnet", "convnext"), rescaled_inside, "x unchanged (the model rescales inside)")

@@ -1,7 +1,7 @@
 """Raw data readers: arrays (.npz/.npy) and image files, read batch by batch as float32, before any preprocessing.
 
-A source never loads more than it must: `.npy` files are memory-mapped and only the requested rows are copied out, images are
-decoded per batch; `.npz` archives are compressed or zipped, so they are loaded whole. Sources never write to user files.
+A source never loads more than it must: `.npy` files are memory-mapped and only the requested rows are copied out,
+images are decoded per batch; `.npz` archives are zip files, loaded whole. Sources never write to user files.
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ def _fits(shape: Sequence[int], expected: InputShape) -> bool:
     return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected))
 
 
-def plan_array_fit(per_sample: tuple[int, ...], input_shape: InputShape, name: str) -> tuple[bool, tuple[int, int] | None]:
+def plan_array_fit(
+    per_sample: tuple[int, ...], input_shape: InputShape, name: str
+) -> tuple[bool, tuple[int, int] | None]:
     """How to turn samples of shape `per_sample` into `input_shape`: (add a channel axis?, resize to (H, W) or None).
 
     (H, W) grey images gain a channel axis when the model wants 1 channel; images whose channels match but whose
@@ -162,7 +164,9 @@ class ArraySource:
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """The samples at `indices` as a new float32 array; only those rows are read from a memory-mapped file."""
-        batch = np.asarray(self._x[np.asarray(indices, dtype=np.int64)]).astype(np.float32, copy=False)
+        # Values beyond float32 become Inf here on purpose: Dataset.batches reports them by sample.
+        with np.errstate(over="ignore"):
+            batch = np.asarray(self._x[np.asarray(indices, dtype=np.int64)]).astype(np.float32, copy=False)
         if self._add_channel:
             batch = batch[..., np.newaxis]
         if self._resize_to is not None:

@@ -31,7 +31,8 @@ def build_layers(
     results = []
     for pair in matching.pairs:
         f, q = pair.float_index, pair.quant_index
-        qt = qg.tensors[q]
+        # A graph output read through an inserted DEQUANTIZE: describe the integer op behind it (same values).
+        qt = qg.tensors[_through_conversions(qg, q)]
         producer = None if qt.producer is None else qg.op(qt.producer)
         op_type = "INPUT" if producer is None else producer.type
         inputs: list[int] = []

@@ -65,10 +65,14 @@ class _Run:
         cfg = self.cfg
         source = detect_source(model_path)
         keras_model, layer_infos = self._load_keras(source)
+        dataset = None
+        if keras_model is not None:  # read the data before converting: bad data fails in seconds, not minutes
+            dataset = self._dataset(data, _keras_input_shape(keras_model))
         float_bytes = self._float_tflite(source, keras_model)
         float_runner = TfliteRunner(float_bytes, cfg.batch_size)
         input_shape = float_runner.inputs()[0].shape
-        dataset = self._dataset(data, input_shape)
+        if dataset is None:
+            dataset = self._dataset(data, input_shape)
         eval_ds, calib_ds, calib_text = self._split(dataset, input_shape)
         if cfg.quantized is not None:
             quant_bytes = read_tflite(cfg.quantized)
@@ -214,6 +218,17 @@ class _Run:
         if cls.result().num_samples == 0:
             raise DataError("no samples left to evaluate; give more data or a smaller --calib-count")
         return {f: a.result() for f, a in accs.items()}, cls.result()
+
+
+def _keras_input_shape(model) -> tuple[int, ...]:
+    from quantdoctor.errors import ModelLoadError
+
+    shape = model.input_shape
+    if isinstance(shape, list):
+        if len(shape) != 1:
+            raise ModelLoadError(f"the model has {len(shape)} inputs; quantdoctor supports single-input models for now")
+        shape = shape[0]
+    return tuple(int(s) for s in shape[1:])
 
 
 def _check_float(data: bytes, path: Path) -> None:

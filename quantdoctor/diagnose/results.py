@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+# One definition each: the accumulators produce these, the report carries them.
+from quantdoctor.stats.accumulators import TensorError
+from quantdoctor.stats.classification import ClassLoss, ModelMetrics
+
+__all__ = ["ClassLoss", "ModelMetrics", "TensorError"]  # re-exported for the report's users
+
 SCHEMA_VERSION = "1.0"
+SQNR_CAP_DB = 60.0
 
 
 class MatchMethod(str, Enum):
@@ -38,22 +45,6 @@ class QuantParams:
         d["zero_points"] = list(self.zero_points)
         d["granularity"] = self.granularity
         return d
-
-
-@dataclass(frozen=True)
-class TensorError:
-    """Error of a quantized tensor against its float reference, over every element of every sample."""
-
-    sqnr_db: float
-    cosine_mean: float  # mean over samples of the per-sample cosine similarity
-    relative_rmse: float
-    rmse: float
-    max_abs_error: float
-    ref_rms: float
-    num_samples: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: _json_number(getattr(self, f.name)) for f in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -103,17 +94,18 @@ class LayerResult:
 
     @property
     def sqnr_drop_db(self) -> float | None:
-        """SQNR lost from the worst input to the output (positive = the op made things worse)."""
+        """SQNR lost from the worst input to the output, both capped at `SQNR_CAP_DB` (positive = the op made it worse).
+
+        The cap keeps an exact input (+inf dB, or float rounding at ~150 dB) from making the first quantized op look
+        like the worst: above the cap the error is rounding noise, not quantization.
+        """
         if self.input_sqnr_db is None:
             return None
-        return _finite_drop(self.input_sqnr_db, self.accumulated.sqnr_db)
+        return _capped(self.input_sqnr_db) - _capped(self.accumulated.sqnr_db)
 
     @property
     def noise_added(self) -> float:
-        """Increase of the noise-to-signal power ratio across the op, 10^(-out/10) - 10^(-in/10).
-
-        Ranking by this (not by the dB drop) keeps an exact input (SQNR = +inf) from making the first layer look worst.
-        """
+        """Increase of the noise-to-signal power ratio across the op, 10^(-out/10) - 10^(-in/10)."""
         inp = 0.0 if self.input_sqnr_db is None else _nsr(self.input_sqnr_db)
         return _nsr(self.accumulated.sqnr_db) - inp
 
@@ -177,44 +169,6 @@ class Coverage:
 
 
 @dataclass(frozen=True)
-class ClassLoss:
-    """A class whose predictions the quantized model loses most."""
-
-    class_index: int
-    support: int
-    float_rate: float
-    quant_rate: float
-    drop: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class ModelMetrics:
-    """Model-level comparison of the quantized model's outputs with the float model's."""
-
-    num_samples: int
-    num_labelled: int
-    k: int
-    top1_agreement: float
-    topk_agreement: float
-    float_top1: float | None
-    float_topk: float | None
-    quant_top1: float | None
-    quant_topk: float | None
-    kl_mean: float
-    logit_sqnr_db: float
-    logit_cosine: float
-    worst_classes: tuple[ClassLoss, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: _json_number(getattr(self, f.name)) for f in fields(self) if f.name != "worst_classes"}
-        d["worst_classes"] = [c.to_dict() for c in self.worst_classes]
-        return d
-
-
-@dataclass(frozen=True)
 class RunInfo:
     """What was compared, on what data, and how long it took."""
 
@@ -260,10 +214,14 @@ class Diagnosis:
     schema_version: str = SCHEMA_VERSION
 
     def worst_layers(self, n: int = 10) -> list[LayerResult]:
-        """Layers that add the most noise relative to the signal (see `LayerResult.noise_added`)."""
-        return sorted(self.layers, key=lambda l: (-l.noise_added, l.position))[:n]
+        """Layers with the largest SQNR drop from input to output (see `LayerResult.sqnr_drop_db`)."""
+        ranked = [l for l in self.layers if l.sqnr_drop_db is not None and not math.isnan(l.sqnr_drop_db)]
+        return sorted(ranked, key=lambda l: (-l.sqnr_drop_db, l.position))[:n]
 
     def to_dict(self) -> dict[str, Any]:
+        return _json_safe(self._to_dict())
+
+    def _to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,
             "tool": "quantdoctor",
@@ -305,10 +263,17 @@ def _nsr(sqnr_db: float) -> float:
     return 10.0 ** (-sqnr_db / 10.0)
 
 
-def _finite_drop(a: float, b: float) -> float:
-    if math.isinf(a) and math.isinf(b) and a == b:
-        return 0.0
-    return a - b
+def _capped(sqnr_db: float) -> float:
+    return min(sqnr_db, SQNR_CAP_DB)
+
+
+def _json_safe(obj: Any) -> Any:
+    """Recursively encode inf/nan as strings: JSON has neither."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return _json_number(obj)
 
 
 def _json_number(v: Any) -> Any:

@@ -45,11 +45,10 @@ def result_from_dict(cls: type[R], data: dict[str, Any]) -> R:
 class TensorError:
     """How far a test (quantized) tensor is from its reference (float) over a whole data stream.
 
-    `sqnr_db`, `relative_rmse`, `rmse`, `max_abs_error`, `mean_abs_error` and `mean_error` pool all elements of all samples
-    (they equal the `quantdoctor.stats.metrics` functions on the concatenated data); `cosine_mean` is the mean of the
-    per-sample cosines. `mean_error` is mean(test − ref), the bias quantization added; compare it with `ref_rms`
-    and `ref_mean`. Values may be nan (no data, NaN in
-    the tensors) or ±inf (see the metric docstrings).
+    `sqnr_db`, `relative_rmse`, `rmse`, `max_abs_error`, `mean_abs_error` and `mean_error` pool all elements of all
+    samples (they equal the `quantdoctor.stats.metrics` functions on the concatenated data); `cosine_mean` is the mean
+    of the per-sample cosines. `mean_error` is mean(test − ref), the bias quantization added; compare it with
+    `ref_rms` and `ref_mean`. Values may be nan (no data, NaN in the tensors) or ±inf (see the metric docstrings).
     """
 
     sqnr_db: float
@@ -89,11 +88,14 @@ class ErrorAccumulator:
     def update(self, reference: np.ndarray, test: np.ndarray) -> None:
         """Fold in one batch; `reference` and `test` have the same shape, samples on the first axis.
 
+        Float32 batches stay float32 element-wise (activations of a real model are ~10^8 values a batch, and a float64
+        copy of each would dominate the run time); every sum is accumulated in float64. The per-sample cosine comes from
+        Σr², Σr·e and Σe² (e = test − ref), each computed directly, so it stays accurate when the error is tiny.
+
         Raises:
             DataError: the shapes differ, or the arrays are scalars (no sample axis).
         """
-        ref = np.asarray(reference, dtype=np.float64)
-        tst = np.asarray(test, dtype=np.float64)
+        ref, tst = np.asarray(reference), np.asarray(test)
         if ref.shape != tst.shape:
             raise DataError(
                 f"reference batch has shape {ref.shape} but test batch has {tst.shape}; pass matching tensors"
@@ -103,23 +105,31 @@ class ErrorAccumulator:
         n = ref.shape[0]
         if n == 0:
             return
-        ref, tst = ref.reshape(n, -1), tst.reshape(n, -1)
-        err = ref - tst
-        ref_sq = np.einsum("ij,ij->i", ref, ref)
+        dtype = np.result_type(ref.dtype, tst.dtype, np.float32)
+        ref = ref.astype(dtype, copy=False).reshape(n, -1)
+        tst = tst.astype(dtype, copy=False).reshape(n, -1)
+        err = tst - ref
+        ref_sq = np.einsum("ij,ij->i", ref, ref).astype(np.float64)
         if ref.shape[1] == 0:
             cosines = np.full(n, np.nan)  # an empty sample has no cosine, as in `cosine_similarity`
+            err_sq = np.zeros(n)
         else:
-            cosines = cosine_from_sums(np.einsum("ij,ij->i", ref, tst), ref_sq, np.einsum("ij,ij->i", tst, tst))
-            # np.maximum, unlike max(), propagates NaN whatever the order.
-            self.max_abs_err = float(np.maximum(self.max_abs_err, np.max(np.abs(err))))
+            ref_err = np.einsum("ij,ij->i", ref, err).astype(np.float64)
+            err_sq = np.einsum("ij,ij->i", err, err).astype(np.float64)
+            dot = ref_sq + ref_err
+            cosines = cosine_from_sums(dot, ref_sq, np.maximum(ref_sq + 2 * ref_err + err_sq, 0.0))
         self.num_samples += n
         self.num_elements += err.size
         self.sum_ref_sq += float(ref_sq.sum())
-        self.sum_err_sq += float(np.einsum("ij,ij->", err, err))
-        self.sum_abs_err += float(np.abs(err).sum())
-        self.sum_err -= float(err.sum())
-        self.sum_ref += float(ref.sum())
+        self.sum_err_sq += float(err_sq.sum())
+        self.sum_err += float(err.sum(dtype=np.float64))
+        self.sum_ref += float(ref.sum(dtype=np.float64))
         self.sum_cosine += float(cosines.sum())
+        if err.size:
+            np.abs(err, out=err)
+            # np.maximum, unlike max(), propagates NaN whatever the order.
+            self.max_abs_err = float(np.maximum(self.max_abs_err, err.max()))
+            self.sum_abs_err += float(err.sum(dtype=np.float64))
 
     def merge(self, other: ErrorAccumulator) -> ErrorAccumulator:
         """Return a new accumulator holding both streams; `self` and `other` are unchanged."""

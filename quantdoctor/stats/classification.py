@@ -45,9 +45,9 @@ class ModelMetrics:
     """Agreement, accuracy and output error of a quantized classifier against its float original.
 
     Agreements compare the two models on every sample; accuracies (None without labels) use labelled samples only.
-    `top-k agreement` means the float top-1 class is among the quantized top-k. `kl_mean` is the mean KL(float‖quant) of
-    the output distributions in nats; `logit_*` compare the raw outputs (logits, or probabilities if the model ends in
-    softmax). Floats are nan when no sample was seen.
+    `top-k agreement` means the float top-1 class is among the quantized top-k. `kl_mean` is the mean KL(float‖quant)
+    of the output distributions in nats; `logit_*` compare the raw outputs (logits, or probabilities if the model ends
+    in softmax). Floats are nan when no sample was seen.
     """
 
     num_samples: int
@@ -222,7 +222,9 @@ class ClassificationAccumulator:
                     "reshape them or set num_classes to the output width"
                 )
         if f.shape != q.shape:
-            raise DataError(f"float outputs have shape {f.shape} but quantized outputs {q.shape}; pass the same samples")
+            raise DataError(
+                f"float outputs have shape {f.shape} but quantized outputs {q.shape}; pass the same samples"
+            )
         return f, q
 
     def _check_labels(self, labels: np.ndarray | None, n: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from quantdoctor.registry import Registry
 METRICS: Registry[Callable[..., float]] = Registry("metric")
 
 KL_EPS = 1e-12
-"""Probabilities are clipped to [KL_EPS, 1] before the log in `kl_divergence`, so a zero in q gives a large finite value."""
+"""`kl_divergence` clips probabilities to [KL_EPS, 1] before the log, so a zero in q gives a large finite value."""
 
 PROBABILITY_ATOL = 1e-3
 """How far a row's sum may be from 1 for `as_probabilities` to take the row as probabilities already."""
@@ -93,7 +93,8 @@ def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     Reference: the SQNR of signal processing (e.g. Widrow & Kollár, *Quantization Noise*, 2008), as used by
     ai-edge-quantizer's `calculate_snr` and torchao's numeric debugger. Higher is better; each extra bit adds ~6 dB.
 
-    Edge cases: no error -> +inf (also for a zero reference); zero reference with error -> -inf; empty -> nan; NaN -> nan.
+    Edge cases: no error -> +inf (also for a zero reference); zero reference with error -> -inf; empty -> nan;
+    NaN -> nan.
     """
     ref, tst = _pair(reference, test)
     if ref.size == 0 or _has_nan(ref, tst):
@@ -171,7 +172,7 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def is_probabilities(outputs: np.ndarray, axis: int = -1, atol: float = PROBABILITY_ATOL) -> bool:
-    """True if every row along `axis` is non-negative and sums to 1 within `atol` (the model already ends in softmax)."""
+    """True if every row along `axis` is non-negative and sums to 1 within `atol` (the model ends in softmax)."""
     x = np.asarray(outputs)
     if x.size == 0:
         return True
