@@ -75,8 +75,8 @@ def metric_rows(m: ModelMetrics) -> list[tuple[str, str]]:
     ]
     if m.num_labelled > 0:
         rows += [
-            ("Top-1 accuracy (float -> quantized)", f"{fmt_ratio(m.float_top1)} -> {fmt_ratio(m.quant_top1)}"),
-            (f"Top-{m.k} accuracy (float -> quantized)", f"{fmt_ratio(m.float_topk)} -> {fmt_ratio(m.quant_topk)}"),
+            ("Top-1 accuracy (float → quantized)", f"{fmt_ratio(m.float_top1)} → {fmt_ratio(m.quant_top1)}"),
+            (f"Top-{m.k} accuracy (float → quantized)", f"{fmt_ratio(m.float_topk)} → {fmt_ratio(m.quant_topk)}"),
             ("Labelled samples", f"{m.num_labelled} of {m.num_samples}"),
         ]
     rows += [
@@ -88,10 +88,15 @@ def metric_rows(m: ModelMetrics) -> list[tuple[str, str]]:
 
 
 def worst_class_lines(m: ModelMetrics, n: int = 5) -> list[str]:
-    """One line per class the quantized model loses most, worst first."""
+    """One line per class the quantized model loses most, worst first (accuracy with labels, agreement without)."""
+    if m.num_labelled > 0:
+        return [
+            f"class {c.class_index}: accuracy {fmt_ratio(c.float_rate)} → {fmt_ratio(c.quant_rate)} "
+            f"({_plural(c.support, 'sample')})"
+            for c in m.worst_classes[:n]
+        ]
     return [
-        f"class {c.class_index}: {fmt_ratio(c.float_rate)} -> {fmt_ratio(c.quant_rate)} "
-        f"(drop {fmt_ratio(c.drop)}, {c.support} samples)"
+        f"class {c.class_index}: {round(c.quant_rate * c.support)} of {_plural(c.support, 'float prediction')} kept"
         for c in m.worst_classes[:n]
     ]
 
@@ -100,7 +105,7 @@ WORST_COLUMNS = ("Pos", "Layer", "Op", "SQNR", "In", "Drop", "Cosine", "RMSE/sca
 
 
 def worst_title(n: int) -> str:
-    return f"Worst layers: top {n} by noise added (SQNR, In, Drop in dB)"
+    return f"Worst layers: top {n} by SQNR drop from input to output (SQNR, In, Drop in dB; capped at 60 dB)"
 
 
 def worst_layer_row(layer: LayerResult) -> tuple[str, ...]:
@@ -141,25 +146,28 @@ def depth_caption(d: Diagnosis) -> str:
     """Caption of the error-by-depth figure, computed from the plotted numbers."""
     layers = sorted((l for l in d.layers if not math.isnan(l.accumulated.sqnr_db)), key=lambda l: l.position)
     if not layers:
-        return "No matched tensor has a finite SQNR to plot."
+        return "No matched tensor has an SQNR to plot."
     last = layers[-1]
-    ending = f"; the last tensor, {last.label}, ends at {fmt_db(last.accumulated.sqnr_db)} dB."
     if d.onset is None:
         lowest = _lowest(layers)
-        return (
-            f"SQNR of {len(layers)} matched tensors ranges from {fmt_db(lowest.accumulated.sqnr_db)} dB "
-            f"({lowest.label}) upwards with no sharp drop{ending}"
+        text = (
+            f"SQNR stays at or above {fmt_db(lowest.accumulated.sqnr_db)} dB over "
+            f"{_plural(len(layers), 'matched tensor')} with no sharp drop (lowest at {lowest.label}, "
+            f"position {lowest.position})"
         )
-    before = [l for l in layers if l.position < d.onset.position]
-    at = f"{fmt_db(d.onset.sqnr_db)} dB at {d.onset.label}"
-    if not before:
-        start = f"SQNR is already {at}, the first matched tensor"
+        tail = last is not lowest
     else:
-        start = f"SQNR {_floor_phrase(min(l.accumulated.sqnr_db for l in before))} for the first {_tensors(len(before))}"
-        start += f", then falls to {at}"
-    if last.position == d.onset.position:
-        return start + "."
-    return start + ending
+        before = [l for l in layers if l.position < d.onset.position]
+        at = f"{fmt_db(d.onset.sqnr_db)} dB at {d.onset.label}"
+        if before:
+            floor = _floor_phrase(min(l.accumulated.sqnr_db for l in before))
+            text = f"SQNR {floor} for the first {_plural(len(before), 'tensor', one='')}, then falls to {at}"
+        else:
+            text = f"SQNR is already {at}, the first matched tensor"
+        tail = last.position != d.onset.position
+    if tail:
+        text += f"; the last tensor, {last.label}, ends at {fmt_db(last.accumulated.sqnr_db)} dB"
+    return text + "."
 
 
 def coverage_sentence(d: Diagnosis) -> str:
@@ -176,7 +184,8 @@ def unmatched_sentence(d: Diagnosis, n: int = 3) -> str:
         return "Every tensor was matched."
     counts = Counter(u.reason for u in d.unmatched).most_common()
     shown = "; ".join(f"{k}x {reason}" for reason, k in counts[:n])
-    more = f"; {len(counts) - n} other reasons" if len(counts) > n else ""
+    rest = len(counts) - n
+    more = f"; {rest} other reason{'s' if rest > 1 else ''}" if rest > 0 else ""
     return f"Unmatched: {len(d.unmatched)} ({shown}{more})."
 
 
@@ -198,8 +207,9 @@ def _floor_phrase(v: float) -> str:
     return f"stays above {bound:.0f} dB"
 
 
-def _tensors(n: int) -> str:
-    return "tensor" if n == 1 else f"{n} tensors"
+def _plural(n: int, noun: str, one: str = "1 ") -> str:
+    """ "4 tensors", and for one: "1 tensor" (or `one` + "tensor", so "the first tensor" reads right)."""
+    return f"{one}{noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _lowest(layers) -> LayerResult | None:

@@ -15,22 +15,25 @@ from quantdoctor.report import sentences as s
 TEXT_WORST_COLUMNS = {"Layer", "Op", "Weights", "Act"}
 TEXT_MIN_WIDTH = {"Layer": 12, "Op": 8, "Weights": 11, "Act": 5}
 
+COMPACT_BELOW = 100
+"""Narrower consoles get the compact worst-layers table: one space between columns and no cosine column."""
+
 
 def render(diagnosis: Diagnosis, console: Console, worst: int = 10) -> None:
     """Print the diagnosis to `console`."""
-    console.print(renderable(diagnosis, worst=worst))
+    console.print(renderable(diagnosis, worst=worst, compact=console.width < COMPACT_BELOW))
 
 
 def render_text(diagnosis: Diagnosis, width: int = 100) -> str:
     """The terminal view as plain text (no colour), `width` columns wide."""
     buf = io.StringIO()
-    console = Console(file=buf, width=width, color_system=None, record=False, force_terminal=False, legacy_windows=False)
+    console = Console(file=buf, width=width, color_system=None, record=False, legacy_windows=False)
     render(diagnosis, console)
     # Rich pads every table cell to the column width; plain text reads (and diffs) better without trailing blanks.
     return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
 
 
-def renderable(diagnosis: Diagnosis, worst: int = 10) -> RenderableType:
+def renderable(diagnosis: Diagnosis, worst: int = 10, compact: bool = False) -> RenderableType:
     """All sections, in reading order, as one rich renderable."""
     return Group(
         header(diagnosis),
@@ -39,7 +42,7 @@ def renderable(diagnosis: Diagnosis, worst: int = 10) -> RenderableType:
         Text(""),
         onset(diagnosis),
         Text(""),
-        worst_layers(diagnosis, worst),
+        worst_layers(diagnosis, worst, compact),
         Text(""),
         coverage(diagnosis),
     )
@@ -69,17 +72,22 @@ def onset(d: Diagnosis) -> Text:
     return text
 
 
-def worst_layers(d: Diagnosis, n: int = 10) -> Table:
-    # The box's column separator is a space: with one more of left padding, columns sit two spaces apart.
+def worst_layers(d: Diagnosis, n: int = 10, compact: bool = False) -> Table:
+    # The box's column separator is a space: with one more of left padding, columns sit two spaces apart
+    # (one when compact).
     table = Table(title=s.worst_title(n), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
-                  padding=(0, 0, 0, 1))
-    for name in s.WORST_COLUMNS:
+                  padding=(0, 0, 0, 0 if compact else 1))
+    # Cosine says little that SQNR does not; it is the column to give up when 80 columns must hold the rest.
+    keep = [i for i, name in enumerate(s.WORST_COLUMNS) if not (compact and name == "Cosine")]
+    for i in keep:
+        name = s.WORST_COLUMNS[i]
         text = name in TEXT_WORST_COLUMNS
         # Numbers never wrap; on a narrow terminal the text columns wrap instead.
         table.add_column(name.replace("/", "/\n"), justify="left" if text else "right", no_wrap=not text,
                          overflow="fold", min_width=TEXT_MIN_WIDTH.get(name))
     for layer in d.worst_layers(n):
-        table.add_row(*s.worst_layer_row(layer))
+        row = s.worst_layer_row(layer)
+        table.add_row(*(row[i] for i in keep))
     return table
 
 

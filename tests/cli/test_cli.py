@@ -57,7 +57,7 @@ def bad_data(tmp_path):
         ("shape", "expects (24, 24, 3)"),
         ("nan", "NaN"),
         ("labels", "17"),
-        ("empty", "no samples"),
+        ("empty", "0 samples"),
         ("unknown_scheme", "unknown scheme 'int3'"),
         ("not_tflite", "not a TFLite"),
         ("unknown_preset", "unknown preprocess preset"),

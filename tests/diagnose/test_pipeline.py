@@ -83,9 +83,10 @@ def _corrupt_weights(tflite: bytes, layer: str) -> bytes:
 
     interp = Interpreter(model_content=tflite)
     interp.allocate_tensors()
+    weights = {int(op["inputs"][1]) for op in interp._get_ops_details() if op["op_name"] == "CONV_2D"}
     hits = [
         d for d in interp.get_tensor_details()
-        if layer in d["name"] and np.dtype(d["dtype"]) == np.int8 and len(d["shape"]) == 4
+        if d["index"] in weights and layer in d["name"] and np.dtype(d["dtype"]) == np.int8
     ]
     assert len(hits) == 1, [h["name"] for h in hits]
     original = interp.get_tensor(hits[0]["index"]).tobytes()

@@ -33,6 +33,10 @@ def tensor_error(sqnr_db: float, ref_rms: float = 2.0, samples: int = 20) -> Ten
         max_abs_error=4.0 * rel * ref_rms,
         ref_rms=ref_rms,
         num_samples=samples,
+        num_elements=samples * 1000,
+        mean_abs_error=0.8 * rel * ref_rms,
+        mean_error=0.0,
+        ref_mean=0.5,
     )
 
 
@@ -155,7 +159,7 @@ def make_healthy_diagnosis() -> Diagnosis:
     metrics = ModelMetrics(
         num_samples=20, num_labelled=0, k=5, top1_agreement=1.0, topk_agreement=1.0,
         float_top1=None, float_topk=None, quant_top1=None, quant_topk=None,
-        kl_mean=0.0004, logit_sqnr_db=36.0, logit_cosine=0.9999,
+        kl_mean=0.0004, logit_sqnr_db=36.0, logit_cosine=0.9999, worst_classes=(),
     )
     run = RunInfo(float_model="models/tiny_effnet.keras", float_kind="keras", quantized_model="models/tiny_dr.tflite",
                   scheme=None, data="tests/photos (24 images)", preprocess="(x - 127) / 128",

@@ -1,0 +1,152 @@
+"""Find out what kind of float model the user gave, and load Keras models from .keras and .h5 files.
+
+TensorFlow and Keras are imported inside the functions that need them, after `quiet_tensorflow_logging()`, so that
+`import quantdoctor` stays fast and TensorFlow's C++ start-up chatter is not printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quantdoctor.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import keras
+
+KINDS = ("keras", "savedmodel", "tflite")
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+# A TFLite flatbuffer carries this file identifier at bytes 4..8 (bytes 0..4 are the root table offset).
+TFLITE_IDENTIFIER = b"TFL3"
+_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+_NOT_A_MODEL = "is not a .keras, .h5, SavedModel directory or .tflite file"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The float model the user gave: its kind ("keras", "savedmodel" or "tflite") and where it is."""
+
+    kind: str
+    path: Path
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"model kind must be one of {KINDS}, not {self.kind!r}")
+        object.__setattr__(self, "path", Path(self.path))
+
+
+def detect_source(path: str | Path) -> ModelSource:
+    """Tell a .keras/.h5 file, a SavedModel folder and a .tflite flatbuffer apart from the path and file header.
+
+    A file with another suffix is still taken as TFLite when it carries the flatbuffer identifier.
+
+    Raises:
+        ModelLoadError: the path is missing or is none of the supported kinds.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model {path} does not exist; check the path")
+    if path.is_dir():
+        if any((path / name).is_file() for name in _SAVED_MODEL_FILES):
+            return ModelSource("savedmodel", path)
+        raise ModelLoadError(f"{path} {_NOT_A_MODEL} (the folder has no saved_model.pb)")
+    suffix = path.suffix.lower()
+    if suffix in KERAS_SUFFIXES:
+        return ModelSource("keras", path)
+    if _has_tflite_identifier(path):
+        return ModelSource("tflite", path)
+    if suffix == ".tflite":
+        raise ModelLoadError(
+            f"{path} is not a TFLite flatbuffer (no 'TFL3' identifier at byte 4); re-export the model as .tflite"
+        )
+    raise ModelLoadError(f"{path} {_NOT_A_MODEL}")
+
+
+def load_keras_model(path: str | Path, safe_mode: bool = True) -> keras.Model:
+    """Load a .keras or .h5 model (including tf.keras 2.x HDF5 files) without its training configuration.
+
+    Args:
+        path: the .keras/.h5/.hdf5 file.
+        safe_mode: Keras' guard against running Python code stored in the file (Lambda layers); turn it off only
+            for files you trust.
+
+    Raises:
+        ModelLoadError: the file is missing, cannot be read, or the model's input size is not fixed.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"Keras model {path} does not exist; check the path")
+    if path.suffix.lower() not in KERAS_SUFFIXES:
+        raise ModelLoadError(f"{path} is not a .keras or .h5 file")
+    quiet_tensorflow_logging()
+    import keras
+
+    try:
+        # compile=False: the optimizer and loss are not needed and often do not deserialize across Keras versions.
+        model = keras.models.load_model(str(path), compile=False, safe_mode=safe_mode)
+    except Exception as exc:  # Keras raises anything from ValueError to OSError and h5py errors.
+        # Longer than usual: Keras' safe-mode refusal puts its remedy at the end of a 400-character message.
+        reason = one_line(str(exc) or type(exc).__name__, limit=500)
+        raise ModelLoadError(f"cannot load Keras model {path}: {reason}") from exc
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(f"{path} holds a {type(model).__name__}, not a Keras model")
+    require_fixed_input_shape(model, str(path))
+    return model
+
+
+def require_fixed_input_shape(model: Any, where: str) -> None:
+    """Refuse a model whose inputs have an unknown size other than the batch dimension.
+
+    Args:
+        model: a Keras model.
+        where: how to name the model in the message (usually its path).
+
+    Raises:
+        ModelLoadError: an input has a `None` dimension after the batch dimension.
+    """
+    try:
+        inputs = list(model.inputs or [])
+    except (AttributeError, ValueError):  # a subclassed model that was never called has no symbolic inputs
+        return
+    for tensor in inputs:
+        shape = tuple(tensor.shape)
+        if any(dim is None for dim in shape[1:]):
+            name = getattr(tensor, "name", "?")
+            raise ModelLoadError(
+                f"{where}: input '{name}' has shape {shape} with a size left open (None); quantdoctor needs a fixed "
+                "input size: rebuild the model with e.g. keras.Input(shape=(224, 224, 3)) and save it again"
+            )
+
+
+def quiet_tensorflow_logging() -> None:
+    """Keep TensorFlow's C++ and absl INFO/WARNING lines off the terminal; errors still show.
+
+    Must run before TensorFlow is first imported for the C++ part to take effect; a value the user set in
+    TF_CPP_MIN_LOG_LEVEL is kept.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import absl.logging
+    except ImportError:  # absl comes with TensorFlow; without it there is nothing to quiet.
+        return
+    absl.logging.set_verbosity(absl.logging.ERROR)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """Squeeze a multi-line library message into one line of at most `limit` characters."""
+    squeezed = re.sub(r"\s+", " ", text).strip()
+    if len(squeezed) > limit:
+        squeezed = squeezed[: limit - 3].rstrip() + "..."
+    return squeezed
+
+
+def _has_tflite_identifier(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(8)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model {path}: {exc.strerror}") from exc
+    return header[4:8] == TFLITE_IDENTIFIER

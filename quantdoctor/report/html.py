@@ -1,0 +1,73 @@
+"""One self-contained HTML file for a `Diagnosis`: inline CSS and SVG, nothing fetched from anywhere."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from quantdoctor.diagnose.results import Diagnosis
+from quantdoctor.report import sentences as s
+from quantdoctor.report.frame import COLUMNS, layer_row
+
+_DB_COLUMNS = {"sqnr_db", "input_sqnr_db", "sqnr_drop_db", "isolated_sqnr_db"}
+_RATIO_COLUMNS = {"cosine"}
+_GENERAL_COLUMNS = {"relative_rmse", "max_abs_error", "rmse_over_scale", "noise_added", "act_scale"}
+
+
+def render_html(diagnosis: Diagnosis) -> str:
+    """The full report as one HTML document (jinja2, autoescaped: every name from the model is text, never markup)."""
+    from markupsafe import Markup
+
+    from quantdoctor.report.plots import error_by_depth_svg
+
+    template = _environment().get_template("report.html.j2")
+    return template.render(
+        d=diagnosis,
+        header_rows=s.header_rows(diagnosis.run),
+        metric_rows=s.metric_rows(diagnosis.model),
+        worst_classes=s.worst_class_lines(diagnosis.model),
+        onset_sentence=s.onset_sentence(diagnosis),
+        # matplotlib writes the SVG and escapes its text itself; it holds no script and no external reference.
+        depth_svg=Markup(error_by_depth_svg(diagnosis)),
+        depth_caption=s.depth_caption(diagnosis),
+        worst_title=s.worst_title(10),
+        worst_columns=s.WORST_COLUMNS,
+        worst_rows=[(l.position, s.worst_layer_row(l)) for l in diagnosis.worst_layers(10)],
+        layer_columns=COLUMNS,
+        layer_rows=[(l.position, _format_row(layer_row(l))) for l in sorted(diagnosis.layers, key=_position)],
+        numeric_columns=_DB_COLUMNS | _RATIO_COLUMNS | _GENERAL_COLUMNS | {"position"},
+        coverage_sentence=s.coverage_sentence(diagnosis),
+        unmatched_sentence=s.unmatched_sentence(diagnosis),
+        timing_sentence=s.timing_sentence(diagnosis.run),
+    )
+
+
+def _position(layer) -> int:
+    return layer.position
+
+
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("quantdoctor.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _format_row(row: dict[str, Any]) -> list[str]:
+    return [_format_cell(name, row[name]) for name in COLUMNS]
+
+
+def _format_cell(name: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return s.DASH  # the frame uses NaN for "not measured"
+    formatter: Callable[[float], str] | None = (
+        s.fmt_db if name in _DB_COLUMNS else s.fmt_ratio if name in _RATIO_COLUMNS
+        else s.fmt_num if name in _GENERAL_COLUMNS else None
+    )
+    return formatter(value) if formatter else str(value)
