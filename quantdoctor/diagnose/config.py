@@ -17,7 +17,8 @@ class DiagnoseConfig:
         quantized: path of a quantized .tflite made elsewhere.
         preprocess: preprocessing preset applied to the data.
         resize: how images are brought to the model's input size: "crop" or "stretch".
-        calib: path of calibration data; by default a part of the data, disjoint from the evaluated samples.
+        calib: calibration data (a path, or a `quantdoctor.data.Dataset` from the API); by default a part of the
+            data, disjoint from the evaluated samples.
         calib_count: how many samples of the data calibrate when `calib` is not given.
         batch_size: samples per interpreter call.
         top_k: k of the top-k metrics.
@@ -30,7 +31,7 @@ class DiagnoseConfig:
     quantized: str | None = None
     preprocess: str = "none"
     resize: str = "crop"
-    calib: str | None = None
+    calib: Any = None
     calib_count: int = 100
     batch_size: int = 16
     top_k: int = 3

@@ -138,7 +138,7 @@ class _Run:
 
     def _split(self, dataset, input_shape):
         """(evaluation set, calibration set or None, sentence saying which samples calibrated)."""
-        from quantdoctor.data import load_dataset, split_calibration
+        from quantdoctor.data import split_calibration
         from quantdoctor.quantize.schemes import SCHEMES
 
         cfg = self.cfg
@@ -147,8 +147,8 @@ class _Run:
         if cfg.quantized is not None:
             text = "unknown (quantized model given)"
         elif needs_calib and cfg.calib is not None:
-            calib_ds = load_dataset(cfg.calib, input_shape, preprocess=cfg.preprocess, resize=cfg.resize)
-            text = f"{len(calib_ds)} samples of {calib_ds.description}"
+            calib_ds = self._dataset(cfg.calib, input_shape)
+            text = f"{len(calib_ds)} samples of {calib_ds.description} (--calib)"
         elif needs_calib:
             if len(dataset) < 2:
                 raise DataError("calibration needs a part of --data but it has 1 sample; give --calib DATA or more data")

@@ -1,0 +1,418 @@
+"""Cut ops out of a .tflite model into a standalone model: the same kernel, quantization parameters and constants.
+
+An extracted op can be run on any input (the float model's activation, to measure the op's own error) and, saved with
+that input, is a minimal reproduction to attach to a bug report. Tensor and op indices are those of the model's primary
+subgraph, which are the indices LiteRT reports when no delegate is applied (as in `TfliteRunner`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantdoctor.errors import ModelLoadError, UserInputError
+
+# Ops that call other subgraphs; cutting them out would need those subgraphs too.
+_SUBGRAPH_FIELDS = ("Subgraph", "subgraph")
+# Constant buffers are aligned like the converter aligns them, so kernels may read them in place.
+_BUFFER_ALIGNMENT = 16
+
+
+@dataclass(frozen=True)
+class ExtractedIO:
+    """Which tensors of the source model an extract reads and writes, in the extract's input/output order."""
+
+    ops: tuple[int, ...]  # source op indices kept, in execution order (weight DEQUANTIZE ops included)
+    inputs: tuple[int, ...]  # source tensor indices fed from outside
+    outputs: tuple[int, ...]  # source tensor indices returned
+
+
+def _schema() -> Any:
+    from ai_edge_litert import schema_py_generated as schema_fb
+
+    return schema_fb
+
+
+@functools.lru_cache(maxsize=2)
+def _parse(model: bytes) -> Any:
+    """The flatbuffer object tree of a model; cached because every op of one model is cut from the same bytes.
+
+    The tree is shared: callers copy what they change.
+    """
+    if model[4:8] != b"TFL3":
+        raise ModelLoadError("not a TFLite flatbuffer (no TFL3 identifier); give the bytes of a .tflite file")
+    schema_fb = _schema()
+    return schema_fb.ModelT.InitFromObj(schema_fb.Model.GetRootAsModel(model, 0))
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_names() -> dict[int, str]:
+    ops = _schema().BuiltinOperator
+    return {v: k for k, v in vars(ops).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+def _opcode_name(code: Any) -> str:
+    if code.customCode:
+        return code.customCode.decode() if isinstance(code.customCode, bytes) else str(code.customCode)
+    builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))  # old files only fill the deprecated field
+    return _builtin_names().get(builtin, f"BUILTIN_{builtin}")
+
+
+def op_type(model: bytes, op_index: int) -> str:
+    """The type name of op `op_index` ("CONV_2D", or a custom op's name)."""
+    m = _parse(bytes(model))
+    return _opcode_name(m.operatorCodes[_operator(m, op_index).opcodeIndex])
+
+
+def _operator(m: Any, op_index: int) -> Any:
+    ops = m.subgraphs[0].operators or []
+    if not 0 <= op_index < len(ops):
+        raise UserInputError(f"op {op_index} does not exist; the model's main graph has ops 0-{len(ops) - 1}")
+    return ops[op_index]
+
+
+def _has_data(m: Any, tensor: Any) -> bool:
+    buf = m.buffers[tensor.buffer] if tensor.buffer < len(m.buffers) else None
+    return buf is not None and ((buf.data is not None and len(buf.data) > 0) or buf.offset > 1)
+
+
+def plan(model: bytes, op_indices: Sequence[int]) -> ExtractedIO:
+    """Which ops and tensors an extract of `op_indices` holds, without building it.
+
+    Ops that unpack constant weights (a DEQUANTIZE of int8/float16 constants) and feed a chosen op are kept too: the op's
+    kernel is then the one the full model runs. Inputs are the tensors read but not produced inside the extract, minus
+    constants and variables, each once, in order of first use; outputs are the tensors produced inside and not consumed
+    inside, plus any the source model returns or other ops read.
+
+    Raises:
+        UserInputError: an index is out of range, or an op calls other subgraphs (WHILE, IF, ...).
+    """
+    m = _parse(bytes(model))
+    sg = m.subgraphs[0]
+    chosen = sorted(set(int(i) for i in op_indices))
+    if not chosen:
+        raise UserInputError("no op to extract; give at least one op index")
+    producer = {t: i for i, op in enumerate(sg.operators) for t in (op.outputs if op.outputs is not None else ()) if t >= 0}
+    kept = set(chosen)
+    for i in chosen:
+        op = _operator(m, i)
+        _refuse_subgraph_calls(m, op, i)
+        for t in _tensor_list(op.inputs):
+            p = producer.get(t)
+            if p is not None and _is_weight_unpack(m, sg.operators[p]):
+                kept.add(p)
+    order = sorted(kept)
+    produced = {t for i in order for t in _tensor_list(sg.operators[i].outputs)}
+    inputs: list[int] = []
+    for i in order:
+        for t in _tensor_list(sg.operators[i].inputs):
+            tensor = sg.tensors[t]
+            if t in produced or t in inputs or tensor.isVariable or _has_data(m, tensor):
+                continue
+            inputs.append(t)
+    consumed_inside = {t for i in order for t in _tensor_list(sg.operators[i].inputs)}
+    consumed_outside = {
+        t for j, op in enumerate(sg.operators) if j not in kept for t in _tensor_list(op.inputs)
+    } | set(_tensor_list(sg.outputs))
+    outputs = [
+        t
+        for i in order
+        for t in _tensor_list(sg.operators[i].outputs)
+        if t not in consumed_inside or t in consumed_outside
+    ]
+    return ExtractedIO(tuple(order), tuple(inputs), tuple(outputs))
+
+
+def _tensor_list(indices: Any) -> list[int]:
+    return [int(t) for t in (indices if indices is not None else ()) if t >= 0]
+
+
+def _is_weight_unpack(m: Any, op: Any) -> bool:
+    if _opcode_name(m.operatorCodes[op.opcodeIndex]) != "DEQUANTIZE":
+        return False
+    ins = _tensor_list(op.inputs)
+    return bool(ins) and all(_has_data(m, m.subgraphs[0].tensors[t]) for t in ins)
+
+
+def _refuse_subgraph_calls(m: Any, op: Any, index: int) -> None:
+    for options in (op.builtinOptions, getattr(op, "builtinOptions2", None)):
+        if options is not None and any(f in name for name in vars(options) for f in _SUBGRAPH_FIELDS):
+            name = _opcode_name(m.operatorCodes[op.opcodeIndex])
+            raise UserInputError(f"op {index} ({name}) calls other subgraphs and cannot be cut out on its own")
+
+
+def extract_ops(model: bytes, op_indices: Sequence[int]) -> bytes:
+    """A standalone .tflite holding ops `op_indices` of the primary subgraph (see `plan` for what else it keeps).
+
+    Constants keep their data and quantization parameters; only the buffers they use are copied. Activation tensors keep
+    their shape signature, so a batch dimension that was dynamic (-1) stays resizable. Metadata is dropped and one
+    signature (`serving_default`, inputs `input_<k>`, outputs `output_<k>`) is rebuilt.
+
+    Raises:
+        UserInputError: as `plan`, or the model stores tensors in external buffers.
+    """
+    import copy
+
+    import flatbuffers
+
+    schema_fb = _schema()
+    data = bytes(model)
+    m = _parse(data)
+    sg = m.subgraphs[0]
+    io = plan(data, op_indices)
+
+    tensor_map: dict[int, int] = {}
+    tensors: list[Any] = []
+    buffers: list[Any] = [schema_fb.BufferT()]  # buffer 0 is the empty buffer every data-less tensor points to
+
+    def keep_tensor(t: int) -> int:
+        if t < 0:
+            return t
+        if t not in tensor_map:
+            src = sg.tensors[t]
+            if getattr(src, "externalBuffer", 0):
+                raise UserInputError(f"tensor {t} lives in an external buffer; extracting such models is not supported")
+            new = copy.copy(src)
+            new.buffer = 0
+            if _has_data(m, src):
+                buffers.append(_AlignedBuffer(_buffer_bytes(data, m.buffers[src.buffer])))
+                new.buffer = len(buffers) - 1
+            tensor_map[t] = len(tensors)
+            tensors.append(new)
+        return tensor_map[t]
+
+    for t in io.inputs:
+        keep_tensor(t)
+    codes: dict[int, int] = {}
+    operators = []
+    for i in io.ops:
+        src = sg.operators[i]
+        op = copy.copy(src)
+        op.opcodeIndex = codes.setdefault(src.opcodeIndex, len(codes))
+        op.inputs = [keep_tensor(int(t)) for t in (src.inputs if src.inputs is not None else ())]
+        op.outputs = [keep_tensor(int(t)) for t in (src.outputs if src.outputs is not None else ())]
+        if src.intermediates is not None:
+            op.intermediates = [keep_tensor(int(t)) for t in src.intermediates]
+        if src.largeCustomOptionsSize:
+            start = src.largeCustomOptionsOffset
+            op.customOptions = np.frombuffer(data[start : start + src.largeCustomOptionsSize], dtype=np.uint8)
+            op.largeCustomOptionsOffset = op.largeCustomOptionsSize = 0
+        op.debugMetadataIndex = -1
+        operators.append(op)
+
+    sub = schema_fb.SubGraphT()
+    sub.tensors = tensors
+    sub.inputs = [tensor_map[t] for t in io.inputs]
+    sub.outputs = [tensor_map[t] for t in io.outputs]
+    sub.operators = operators
+    sub.name = b"extract"
+    sub.debugMetadataIndex = -1
+
+    out = schema_fb.ModelT()
+    out.version = m.version
+    out.description = b"quantdoctor extract of ops " + ",".join(map(str, io.ops)).encode()
+    out.operatorCodes = [copy.copy(m.operatorCodes[c]) for c, _ in sorted(codes.items(), key=lambda kv: kv[1])]
+    out.subgraphs = [sub]
+    out.buffers = buffers
+    out.signatureDefs = [_signature(schema_fb, sub)]
+
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(out.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def extract_op(model: bytes, op_index: int) -> bytes:
+    """A standalone .tflite holding op `op_index` (plus the DEQUANTIZE ops that unpack its constant weights, if any)."""
+    return extract_ops(model, [op_index])
+
+
+def _buffer_bytes(data: bytes, buf: Any) -> bytes:
+    if buf.offset > 1:  # models over 2 GB keep buffers after the flatbuffer
+        return data[buf.offset : buf.offset + buf.size]
+    return np.asarray(buf.data, dtype=np.uint8).tobytes()
+
+
+def _signature(schema_fb: Any, sub: Any) -> Any:
+    def tensor_map(prefix: str, indices: list[int]) -> list[Any]:
+        maps = []
+        for k, t in enumerate(indices):
+            tm = schema_fb.TensorMapT()
+            tm.name, tm.tensorIndex = f"{prefix}_{k}".encode(), t
+            maps.append(tm)
+        return maps
+
+    sig = schema_fb.SignatureDefT()
+    sig.signatureKey = b"serving_default"
+    sig.subgraphIndex = 0
+    sig.inputs = tensor_map("input", sub.inputs)
+    sig.outputs = tensor_map("output", sub.outputs)
+    return sig
+
+
+class _AlignedBuffer:
+    """A BufferT whose data vector starts on a 16-byte boundary (the generated `BufferT.Pack` aligns to 1 byte)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def Pack(self, builder: Any) -> int:  # noqa: N802 - the flatbuffers object API calls this name
+        schema_fb = _schema()
+        n = len(self.data)
+        builder.StartVector(1, n, _BUFFER_ALIGNMENT)
+        builder.head -= n
+        builder.Bytes[builder.head : builder.head + n] = self.data
+        vector = builder.EndVector()
+        schema_fb.BufferStart(builder)
+        schema_fb.BufferAddData(builder, vector)
+        return schema_fb.BufferEnd(builder)
+
+
+def write_repro(model: bytes, op_index: int, input_arrays: Sequence[np.ndarray], out_dir: str | Path) -> list[Path]:
+    """Write a minimal reproduction of op `op_index`: its one-op .tflite, its inputs as .npy and a README.txt.
+
+    Args:
+        model: the .tflite the op comes from.
+        input_arrays: one array per extract input (`plan(model, [op_index]).inputs`); float arrays fed to an integer
+            input are quantized with that input's scale and zero point.
+        out_dir: created if missing; every file is written to a temporary name and renamed into place.
+
+    Returns:
+        The paths written: the .tflite, the .npy files, the README.
+
+    Raises:
+        UserInputError: the number of arrays does not match the op's inputs.
+    """
+    data = bytes(model)
+    io = plan(data, [op_index])
+    if len(input_arrays) != len(io.inputs):
+        raise UserInputError(f"op {op_index} takes {len(io.inputs)} input(s); {len(input_arrays)} array(s) were given")
+    m = _parse(data)
+    kind = op_type(data, op_index)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = out / f"op_{op_index}_{_safe(kind)}.tflite"
+    _atomic_write(model_path, extract_op(data, op_index))
+    written = [model_path]
+    for k, (t, array) in enumerate(zip(io.inputs, input_arrays, strict=True)):
+        path = out / f"op_{op_index}_input{k}.npy"
+        _atomic_write(path, _npy_bytes(to_tensor_dtype(array, *tensor_quantization(data, t))))
+        written.append(path)
+    readme = out / "README.txt"
+    _atomic_write(readme, _readme(m, op_index, kind, io, [p.name for p in written]).encode())
+    written.append(readme)
+    return written
+
+
+def tensor_quantization(model: bytes, tensor: int) -> tuple[np.dtype, np.ndarray, np.ndarray, int]:
+    """(dtype, scales, zero points, quantized axis) of one tensor of the primary subgraph; empty scales if not quantized."""
+    schema_fb = _schema()
+    t = _parse(bytes(model)).subgraphs[0].tensors[tensor]
+    names = {v: k for k, v in vars(schema_fb.TensorType).items() if isinstance(v, int)}
+    dtype = np.dtype(names[t.type].lower()) if names.get(t.type, "").lower() in np.sctypeDict else np.dtype("V1")
+    q = t.quantization
+    scales = np.asarray(q.scale if q is not None and q.scale is not None else (), dtype=np.float64)
+    zps = np.asarray(q.zeroPoint if q is not None and q.zeroPoint is not None else (), dtype=np.int64)
+    return dtype, scales, zps, int(q.quantizedDimension) if q is not None else 0
+
+
+def to_tensor_dtype(array: np.ndarray, dtype: np.dtype, scales: np.ndarray, zero_points: np.ndarray, axis: int = 0) -> np.ndarray:
+    """`array` as a tensor of `dtype` holds it: quantized (round to nearest, saturate) when float goes into a quantized
+    integer tensor, cast otherwise."""
+    a = np.asarray(array)
+    if dtype.kind not in "iu" or a.dtype.kind != "f" or scales.size == 0:
+        return a.astype(dtype, copy=False)
+    s, z = scales.astype(np.float64), zero_points.astype(np.float64) if zero_points.size else np.zeros_like(scales)
+    if s.size > 1:  # per-channel activations are rare, but the broadcast is cheap to get right
+        shape = [1] * a.ndim
+        shape[axis] = s.size
+        s, z = s.reshape(shape), z.reshape(shape)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(a / s) + z, info.min, info.max).astype(dtype)
+
+
+def _describe_tensor(m: Any, t: int) -> str:
+    tensor = m.subgraphs[0].tensors[t]
+    name = tensor.name.decode(errors="replace") if isinstance(tensor.name, bytes) else str(tensor.name)
+    names = {v: k for k, v in vars(_schema().TensorType).items() if isinstance(v, int)}
+    shape = list(tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape if tensor.shape is not None else [])
+    text = f"{names.get(tensor.type, tensor.type)} {shape} {'const ' if _has_data(m, tensor) else ''}'{name}'"
+    q = tensor.quantization
+    if q is not None and q.scale is not None and len(q.scale):
+        zps = list(q.zeroPoint) if q.zeroPoint is not None else [0]
+        if len(q.scale) == 1:
+            text += f" scale={float(q.scale[0]):.6g} zero_point={int(zps[0])}"
+        else:
+            text += (f" per-channel axis {q.quantizedDimension}: {len(q.scale)} scales in "
+                     f"[{float(np.min(q.scale)):.6g}, {float(np.max(q.scale)):.6g}]")
+    return text
+
+
+def _describe_options(op: Any) -> str:
+    if op.builtinOptions is None:
+        return "none"
+    schema_fb = _schema()
+    enums = {"padding": schema_fb.Padding, "fusedActivationFunction": schema_fb.ActivationFunctionType}
+    parts = []
+    for key, value in vars(op.builtinOptions).items():
+        if key in enums:
+            value = next((k for k, v in vars(enums[key]).items() if v == value), value)
+        parts.append(f"{key}={value}")
+    return ", ".join(parts) or "none"
+
+
+def _readme(m: Any, op_index: int, kind: str, io: ExtractedIO, files: list[str]) -> str:
+    sg = m.subgraphs[0]
+    op = sg.operators[op_index]
+    version = m.operatorCodes[op.opcodeIndex].version
+    extra = [i for i in io.ops if i != op_index]
+    lines = [
+        f"Op {op_index} ({kind}, version {version}) cut out of a .tflite model by quantdoctor"
+        + (f", with the weight DEQUANTIZE op(s) {extra} that feed it." if extra else "."),
+        f"Options: {_describe_options(op)}",
+        "Op inputs:",
+        *(f"  {k}: {_describe_tensor(m, t)}" for k, t in enumerate(_tensor_list(op.inputs))),
+        "Op outputs:",
+        *(f"  {k}: {_describe_tensor(m, t)}" for k, t in enumerate(_tensor_list(op.outputs))),
+        f"Model inputs (in order): {', '.join(files[1:]) or 'none'}",
+        "",
+        "Run it with LiteRT (pip install ai-edge-litert):",
+        "  import numpy as np",
+        "  from ai_edge_litert.interpreter import Interpreter, OpResolverType",
+        f"  it = Interpreter(model_path='{files[0]}', "
+        "experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)",
+        f"  xs = [np.load(f) for f in {files[1:]!r}]",
+        "  for d, x in zip(it.get_input_details(), xs): it.resize_tensor_input(d['index'], x.shape)",
+        "  it.allocate_tensors(); [it.set_tensor(d['index'], x) for d, x in zip(it.get_input_details(), xs)]",
+        "  it.invoke(); print(it.get_tensor(it.get_output_details()[0]['index']))",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

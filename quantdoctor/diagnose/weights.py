@@ -1,0 +1,197 @@
+"""Read each conv / depthwise / dense op's weights from a float and a quantized .tflite and measure the quantization.
+
+Ops pair across the two files by the name of their output tensor, which the converter keeps (`exact_id`); then by that
+name or the weight tensor's name without the writer's de-duplication digits (`name`); then by op type and weight shape
+when exactly one float op is left that fits (`shape+topology`). A quantized op without a float partner is still
+reported, with nan SQNRs and a note.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantdoctor.backends.tflite.graph import WEIGHTED_OPS, Graph, OpInfo, TensorInfo, graph_from_interpreter
+from quantdoctor.diagnose.layers import is_dynamic_range
+from quantdoctor.diagnose.results import MatchMethod
+from quantdoctor.errors import ModelLoadError
+from quantdoctor.stats.weights import OUTPUT_CHANNEL_AXIS, WeightReport, dequantize, weight_report
+
+_DEDUP_DIGITS = re.compile(r"\d+$")
+_INTEGER_STORAGE = ("int8", "uint8", "int16", "int4")
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """An op's weights as the file stores them and as the kernel computes with them."""
+
+    tensor: TensorInfo  # the stored constant (behind the DEQUANTIZE, if any)
+    stored: np.ndarray | None  # integer values; None for float storage
+    actual: np.ndarray  # float64 values the op computes with
+    granularity: str  # "per-tensor", "per-channel", or the float storage dtype
+    axis: int
+
+
+def analyze_weights(float_model: bytes, quant_model: bytes) -> tuple[WeightReport, ...]:
+    """One WeightReport per weighted op of the quantized model, in its execution order.
+
+    Works for dynamic-range (hybrid), full-integer int8, int16x8 and float16 models: weights behind a DEQUANTIZE are
+    read at their int8 / float16 source.
+
+    Raises:
+        ModelLoadError: LiteRT cannot read one of the models.
+    """
+    f_interp, fg = _load(float_model, "float")
+    q_interp, qg = _load(quant_model, "quantized")
+    # Float activations alone also describe a float model; dynamic range needs some integer weights too.
+    dynamic = is_dynamic_range(qg) and any(
+        (t := _stored_tensor(qg, op)) is not None and t.dtype in _INTEGER_STORAGE for op in qg.ops if _is_weighted(qg, op)
+    )
+    pairs = pair_weighted_ops(fg, qg)
+    reports = []
+    for op in qg.ops:
+        if op.type not in WEIGHTED_OPS or len(op.inputs) < 2 or op.inputs[1] < 0:
+            continue
+        weights = _read_weights(q_interp, qg, op)
+        info = qg.weight_info(op, dynamic)
+        notes = [info.note] if info is not None and info.note else []
+        if weights is None:
+            reports.append(_unreadable(op, qg, "weights are computed at run time, not stored; not analysed"))
+            continue
+        float_weights, match = None, ""
+        paired = pairs.get(op.index)
+        if paired is not None:
+            f_op, method = paired
+            f_read = _read_weights(f_interp, fg, f_op)
+            if f_read is not None and f_read.actual.shape == weights.actual.shape:
+                float_weights, match = f_read.actual, method.value
+        if float_weights is None:
+            notes.append("no float counterpart found; SQNRs not measured")
+        reports.append(
+            weight_report(
+                op_index=op.index,
+                op_type=op.type,
+                tensor=weights.tensor.name,
+                storage=weights.tensor.dtype,
+                granularity=weights.granularity,
+                stored=weights.stored,
+                actual=weights.actual,
+                float_weights=float_weights,
+                axis=weights.axis,
+                match=match,
+                note="; ".join(notes),
+            )
+        )
+    return tuple(reports)
+
+
+def _load(model: bytes, label: str):
+    """An interpreter (not allocated: constants are readable without) and its graph."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        # No XNNPACK: once it is applied it rewrites per-tensor hybrid conv weights as per-channel (N equal scales).
+        interp = Interpreter(
+            model_content=bytes(model),
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
+    except (ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"LiteRT cannot read the {label} model: {first}") from None
+    return interp, graph_from_interpreter(interp)
+
+
+def _stored_tensor(g: Graph, op: OpInfo) -> TensorInfo | None:
+    """The constant holding the op's weights: inputs[1], or the source of the DEQUANTIZE that feeds it."""
+    w = g.tensors[op.inputs[1]]
+    if w.producer is not None and g.op(w.producer).type == "DEQUANTIZE":
+        w = g.tensors[g.op(w.producer).inputs[0]]
+    return w if w.is_constant else None
+
+
+def _read_weights(interp, g: Graph, op: OpInfo) -> _Weights | None:
+    """The op's weights as stored and as computed with; None when they are not a constant."""
+    t = _stored_tensor(g, op)
+    if t is None:
+        return None
+    values = np.asarray(interp.get_tensor(t.index))
+    default_axis = OUTPUT_CHANNEL_AXIS.get(op.type, 0) % max(values.ndim, 1)
+    if t.quant is None or t.dtype not in _INTEGER_STORAGE:
+        return _Weights(t, None, values.astype(np.float64), t.dtype, default_axis)
+    axis = default_axis if t.quant.axis is None else t.quant.axis
+    actual = dequantize(values, np.array(t.quant.scales), axis, np.array(t.quant.zero_points or (0,)))
+    return _Weights(t, values, actual, t.quant.granularity, axis)
+
+
+def _unreadable(op: OpInfo, g: Graph, note: str) -> WeightReport:
+    nan = float("nan")
+    w = g.tensors[op.inputs[1]]
+    return WeightReport(
+        op_index=op.index,
+        op_type=op.type,
+        tensor=w.name,
+        shape=w.shape,
+        axis=OUTPUT_CHANNEL_AXIS.get(op.type, 0) % max(len(w.shape), 1),
+        storage=w.dtype,
+        granularity=w.dtype,
+        sqnr_db_actual=nan,
+        sqnr_db_per_tensor=nan,
+        sqnr_db_per_channel=nan,
+        worst_channel_sqnr_db=nan,
+        collapsed_channels=0,
+        num_channels=0,
+        min_channel_levels=None,
+        channel_range_ratio=nan,
+        note=note,
+    )
+
+
+def pair_weighted_ops(fg: Graph, qg: Graph) -> dict[int, tuple[OpInfo, MatchMethod]]:
+    """Map each weighted op of the quantized graph to the float op with the same weights, and how it was found.
+
+    Candidates must have the same op type and weight shape; each float op is used once. Name keys are tried for
+    all ops before the next, looser key, so a loose key never steals an op that a stricter one would pair.
+    """
+    f_ops = [op for op in fg.ops if _is_weighted(fg, op)]
+    q_ops = [op for op in qg.ops if _is_weighted(qg, op)]
+    pairs: dict[int, tuple[OpInfo, MatchMethod]] = {}
+    used: set[int] = set()
+    keys = (
+        (MatchMethod.EXACT_ID, lambda g, op: g.tensors[op.outputs[0]].name),
+        (MatchMethod.NAME, lambda g, op: _DEDUP_DIGITS.sub("", g.tensors[op.outputs[0]].name)),
+        (MatchMethod.NAME, lambda g, op: _DEDUP_DIGITS.sub("", _weight_name(g, op))),
+        (MatchMethod.SHAPE_TOPOLOGY, lambda g, op: ""),
+    )
+    for method, key in keys:
+        for q_op in q_ops:
+            if q_op.index in pairs:
+                continue
+            fits = [
+                f_op
+                for f_op in f_ops
+                if f_op.index not in used
+                and f_op.type == q_op.type
+                and _weight_shape(fg, f_op) == _weight_shape(qg, q_op)
+                and key(fg, f_op) == key(qg, q_op)
+            ]
+            if len(fits) == 1:  # ambiguous keys pair nothing rather than guess
+                pairs[q_op.index] = (fits[0], method)
+                used.add(fits[0].index)
+    return pairs
+
+
+def _is_weighted(g: Graph, op: OpInfo) -> bool:
+    return op.type in WEIGHTED_OPS and len(op.inputs) >= 2 and op.inputs[1] >= 0 and bool(op.outputs)
+
+
+def _weight_name(g: Graph, op: OpInfo) -> str:
+    t = _stored_tensor(g, op)
+    return (t or g.tensors[op.inputs[1]]).name
+
+
+def _weight_shape(g: Graph, op: OpInfo) -> tuple[int, ...]:
+    return g.tensors[op.inputs[1]].shape
