@@ -61,6 +61,7 @@ class _Run:
         from quantdoctor.backends.keras.loader import detect_source
         from quantdoctor.backends.tflite.runner import TfliteRunner, read_tflite
         from quantdoctor.matching.match import match_graphs
+        from quantdoctor.quantize.converter import supports_calibrated_pair
 
         cfg = self.cfg
         source = detect_source(model_path)
@@ -68,18 +69,21 @@ class _Run:
         dataset = None
         if keras_model is not None:  # read the data before converting: bad data fails in seconds, not minutes
             dataset = self._dataset(data, _keras_input_shape(keras_model))
-        float_bytes = self._float_tflite(source, keras_model)
-        float_runner = TfliteRunner(float_bytes, cfg.batch_size)
-        input_shape = float_runner.inputs()[0].shape
-        if dataset is None:
-            dataset = self._dataset(data, input_shape)
-        eval_ds, calib_ds, calib_text = self._split(dataset, input_shape)
-        if cfg.quantized is not None:
-            quant_bytes = read_tflite(cfg.quantized)
-            quant_name = str(cfg.quantized)
+        quant_name = str(cfg.quantized) if cfg.quantized is not None else f"converted with scheme {cfg.scheme}"
+        if keras_model is not None and cfg.quantized is None and supports_calibrated_pair(cfg.scheme):
+            eval_ds, calib_ds, calib_text = self._split(dataset)
+            float_bytes, quant_bytes = self._calibrated_pair(keras_model, calib_ds)
+            float_runner = TfliteRunner(float_bytes, cfg.batch_size)
         else:
-            quant_bytes = self._quantize(source, keras_model, float_bytes, calib_ds)
-            quant_name = f"converted with scheme {cfg.scheme}"
+            float_bytes = self._float_tflite(source, keras_model)
+            float_runner = TfliteRunner(float_bytes, cfg.batch_size)
+            if dataset is None:
+                dataset = self._dataset(data, float_runner.inputs()[0].shape)
+            eval_ds, calib_ds, calib_text = self._split(dataset)
+            if cfg.quantized is not None:
+                quant_bytes = read_tflite(cfg.quantized)
+            else:
+                quant_bytes = self._quantize(source, keras_model, calib_ds)
         quant_runner = TfliteRunner(quant_bytes, cfg.batch_size)
         self._check_compatible(float_runner, quant_runner)
         num_classes = int(float_runner.outputs()[0].shape[-1]) if float_runner.outputs()[0].shape else 1
@@ -136,7 +140,7 @@ class _Run:
             return data
         return load_dataset(data, input_shape, preprocess=self.cfg.preprocess, resize=self.cfg.resize)
 
-    def _split(self, dataset, input_shape):
+    def _split(self, dataset):
         """(evaluation set, calibration set or None, sentence saying which samples calibrated)."""
         from quantdoctor.data import split_calibration
         from quantdoctor.quantize.schemes import SCHEMES
@@ -147,7 +151,7 @@ class _Run:
         if cfg.quantized is not None:
             text = "unknown (quantized model given)"
         elif needs_calib and cfg.calib is not None:
-            calib_ds = self._dataset(cfg.calib, input_shape)
+            calib_ds = self._dataset(cfg.calib, dataset.input_shape)
             text = f"{len(calib_ds)} samples of {calib_ds.description} (--calib)"
         elif needs_calib:
             if len(dataset) < 2:
@@ -162,18 +166,18 @@ class _Run:
             eval_ds = eval_ds.subset(np.arange(cfg.max_samples))
         return eval_ds, calib_ds, text
 
-    def _quantize(self, source, keras_model, float_bytes: bytes, calib_ds) -> bytes:
+    def _quantize(self, source, keras_model, calib_ds) -> bytes:
         from quantdoctor.quantize.converter import convert
-
-        calibration = None
-        if calib_ds is not None:
-            def calibration():
-                for x, _ in calib_ds.batches(1):
-                    yield x
 
         with self.prog.step("convert_quant", f"quantizing ({self.cfg.scheme})"):
             target = source if source.kind != "keras" else keras_model
-            return convert(target, self.cfg.scheme, calibration)
+            return convert(target, self.cfg.scheme, _calibration(calib_ds))
+
+    def _calibrated_pair(self, keras_model, calib_ds) -> tuple[bytes, bytes]:
+        from quantdoctor.quantize.converter import convert_calibrated_pair
+
+        with self.prog.step("convert_quant", f"calibrating and quantizing ({self.cfg.scheme})"):
+            return convert_calibrated_pair(keras_model, self.cfg.scheme, _calibration(calib_ds))
 
     def _check_compatible(self, float_runner, quant_runner) -> None:
         from quantdoctor.errors import ModelLoadError
@@ -218,6 +222,18 @@ class _Run:
         if cls.result().num_samples == 0:
             raise DataError("no samples left to evaluate; give more data or a smaller --calib-count")
         return {f: a.result() for f, a in accs.items()}, cls.result()
+
+
+def _calibration(calib_ds):
+    """The converter's calibration callable: one float batch per sample, read lazily."""
+    if calib_ds is None:
+        return None
+
+    def calibration():
+        for x, _ in calib_ds.batches(1):
+            yield x
+
+    return calibration
 
 
 def _keras_input_shape(model) -> tuple[int, ...]:

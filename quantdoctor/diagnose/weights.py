@@ -46,46 +46,45 @@ def analyze_weights(float_model: bytes, quant_model: bytes) -> tuple[WeightRepor
     """
     f_interp, fg = _load(float_model, "float")
     q_interp, qg = _load(quant_model, "quantized")
+    q_ops = [op for op in qg.ops if _is_weighted(qg, op)]
     # Float activations alone also describe a float model; dynamic range needs some integer weights too.
-    dynamic = is_dynamic_range(qg) and any(
-        (t := _stored_tensor(qg, op)) is not None and t.dtype in _INTEGER_STORAGE for op in qg.ops if _is_weighted(qg, op)
-    )
+    stored = [_stored_tensor(qg, op) for op in q_ops]
+    dynamic = is_dynamic_range(qg) and any(t is not None and t.dtype in _INTEGER_STORAGE for t in stored)
     pairs = pair_weighted_ops(fg, qg)
     reports = []
-    for op in qg.ops:
-        if op.type not in WEIGHTED_OPS or len(op.inputs) < 2 or op.inputs[1] < 0:
-            continue
+    for op in q_ops:
         weights = _read_weights(q_interp, qg, op)
-        info = qg.weight_info(op, dynamic)
-        notes = [info.note] if info is not None and info.note else []
         if weights is None:
             reports.append(_unreadable(op, qg, "weights are computed at run time, not stored; not analysed"))
             continue
+        info = qg.weight_info(op, dynamic)
+        notes = [info.note] if info is not None and info.note else []
         float_weights, match = None, ""
-        paired = pairs.get(op.index)
-        if paired is not None:
-            f_op, method = paired
+        if op.index in pairs:
+            f_op, method = pairs[op.index]
             f_read = _read_weights(f_interp, fg, f_op)
             if f_read is not None and f_read.actual.shape == weights.actual.shape:
                 float_weights, match = f_read.actual, method.value
         if float_weights is None:
             notes.append("no float counterpart found; SQNRs not measured")
-        reports.append(
-            weight_report(
-                op_index=op.index,
-                op_type=op.type,
-                tensor=weights.tensor.name,
-                storage=weights.tensor.dtype,
-                granularity=weights.granularity,
-                stored=weights.stored,
-                actual=weights.actual,
-                float_weights=float_weights,
-                axis=weights.axis,
-                match=match,
-                note="; ".join(notes),
-            )
-        )
+        reports.append(_report(op, weights, float_weights, match, "; ".join(notes)))
     return tuple(reports)
+
+
+def _report(op: OpInfo, weights: _Weights, float_weights: np.ndarray | None, match: str, note: str) -> WeightReport:
+    return weight_report(
+        op_index=op.index,
+        op_type=op.type,
+        tensor=weights.tensor.name,
+        storage=weights.tensor.dtype,
+        granularity=weights.granularity,
+        stored=weights.stored,
+        actual=weights.actual,
+        float_weights=float_weights,
+        axis=weights.axis,
+        match=match,
+        note=note,
+    )
 
 
 def _load(model: bytes, label: str):

@@ -57,6 +57,8 @@ def convert(
     source: ModelSource | keras.Model,
     scheme: str | None,
     calibration: Calibration | None = None,
+    *,
+    calibrate_only: bool = False,
 ) -> bytes:
     """Convert the float model to a .tflite quantized with `scheme` (None: a float .tflite).
 
@@ -65,6 +67,7 @@ def convert(
         scheme: a name registered in `SCHEMES`, or None for a float conversion.
         calibration: returns an iterable of float input batches (N, ...) each time it is called; every sample
             becomes one single-sample batch of the representative dataset. A list/tuple batch feeds several inputs.
+        calibrate_only: stop after calibration and return the calibrated float model (calibrating schemes only).
 
     Raises:
         UnknownNameError: `scheme` is not registered.
@@ -100,7 +103,53 @@ def convert(
     if spec is not None:
         representative = representative_dataset(calibration, expected_shapes) if calibration is not None else None
         _apply_scheme(tf, converter, spec, representative)
+    if calibrate_only:
+        converter._experimental_calibrate_only = True
+        return _run_converter(converter, f"{scheme} calibration")
     return _run_converter(converter, scheme or "float")
+
+
+def supports_calibrated_pair(scheme: str | None) -> bool:
+    """True for the full-integer int8 schemes, whose quantized model can be made from one calibrated float model."""
+    spec = SCHEMES.get(scheme) if scheme is not None else None
+    return spec is not None and spec.needs_calibration and spec.supported_ops == "TFLITE_BUILTINS_INT8"
+
+
+def convert_calibrated_pair(
+    source: ModelSource | keras.Model, scheme: str, calibration: Calibration
+) -> tuple[bytes, bytes]:
+    """One calibrated conversion for both sides: (float model, int8 model quantized from it).
+
+    The converter's int8 path is "convert to float, run the representative data through it (calibration), quantize with
+    `mlir_quantize`". Stopping after calibration gives a float .tflite with the same tensor names, and quantizing it with
+    the same arguments `TFLiteConverter._quantize` passes gives the same int8 model (a test checks the outputs are equal) —
+    one conversion instead of two. The calibrated model is also what re-quantization with denylists starts from.
+
+    Raises:
+        UserInputError: the scheme is not a full-integer int8 scheme (see `supports_calibrated_pair`).
+    """
+    if not supports_calibrated_pair(scheme):
+        raise UserInputError(f"scheme '{scheme}' is not a full-integer int8 scheme; use convert() for it")
+    spec = SCHEMES.get(scheme)
+    calibrated = convert(source, scheme, calibration, calibrate_only=True)
+    quiet_tensorflow_logging()
+    import tensorflow as tf
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    io_type = getattr(tf, spec.io_type) if spec.io_type else tf.float32
+    with captured_native_stderr(), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            quantized = mlir_quantize(
+                calibrated,
+                disable_per_channel=not spec.per_channel,
+                input_data_type=io_type,
+                output_data_type=io_type,
+            )
+        except Exception as exc:
+            raise ConversionError(
+                f"TFLite quantization ({scheme}) failed: {condense_converter_message(str(exc))}", details=str(exc)
+            ) from exc
+    return calibrated, bytes(quantized)
 
 
 def _from_tflite(source: ModelSource, scheme: str | None, calibration: Calibration | None) -> bytes:

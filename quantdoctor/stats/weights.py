@@ -69,7 +69,7 @@ def quantize_weights(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Quantize weights the way TFLite does: symmetric, narrow range, zero point 0.
 
-    scale = max|w| / qmax (over the tensor, or over each channel along `axis`), qmax = 2^(bits−1) − 1 (127 for int8);
+    scale = max|w| / qmax over the tensor or over each channel along `axis`, qmax = 2^(bits−1) − 1 (127 for int8);
     q = clip(round(w / scale), −qmax, qmax), rounding half away from zero like TFLite's `std::round`.
     A zero range (an all-zero tensor or channel) gets scale 1.0: any scale stores zeros exactly.
 
@@ -130,7 +130,7 @@ def dequantize(
 
 
 def weight_sqnr_db(w: np.ndarray, w_hat: np.ndarray) -> float:
-    """SQNR of reconstructed weights: 10·log10(Σw² / Σ(w − ŵ)²), conventions of `quantdoctor.stats.metrics.sqnr_db`.
+    """SQNR of reconstructed weights: 10·log10(Σw² / Σ(w − ŵ)²), with the conventions of `metrics.sqnr_db`.
 
     Pooled over the tensor, so the widest channels dominate: with one wide channel among C, per-tensor loses at most
     about 10·log10(C) dB against per-channel however badly the small channels collapse (see `channel_sqnr_db`).
@@ -205,7 +205,7 @@ class WeightReport:
 
     @property
     def granularity_gain_db(self) -> float:
-        """SQNR per-channel int8 would add over what is stored (≤ 0 when per-channel is already used)."""
+        """SQNR per-channel int8 would add over what is stored (≈ 0 when already per-channel, < 0 for float16)."""
         return self.sqnr_db_per_channel - self.sqnr_db_actual
 
     def to_dict(self) -> dict[str, Any]:
@@ -250,7 +250,8 @@ def weight_report(
     a = _axis(actual, axis)
     if float_weights is not None and np.shape(float_weights) != actual.shape:
         raise DataError(
-            f"float weights of shape {np.shape(float_weights)} do not fit the stored weights {actual.shape} of '{tensor}'"
+            f"float weights of shape {np.shape(float_weights)} do not fit the stored weights {actual.shape} "
+            f"of '{tensor}'"
         )
     nan = math.nan
     if float_weights is None:

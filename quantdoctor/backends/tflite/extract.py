@@ -312,37 +312,50 @@ def write_repro(model: bytes, op_index: int, input_arrays: Sequence[np.ndarray],
 
 def tensor_quantization(model: bytes, tensor: int) -> tuple[np.dtype, np.ndarray, np.ndarray, int]:
     """(dtype, scales, zero points, quantized axis) of one tensor of the primary subgraph; empty scales if not quantized."""
-    schema_fb = _schema()
     t = _parse(bytes(model)).subgraphs[0].tensors[tensor]
-    names = {v: k for k, v in vars(schema_fb.TensorType).items() if isinstance(v, int)}
-    dtype = np.dtype(names[t.type].lower()) if names.get(t.type, "").lower() in np.sctypeDict else np.dtype("V1")
+    try:
+        dtype = np.dtype(_type_name(t.type).lower())
+    except TypeError:  # STRING, RESOURCE, INT4, ...: no numpy equivalent, nothing to quantize
+        dtype = np.dtype(object)
     q = t.quantization
     scales = np.asarray(q.scale if q is not None and q.scale is not None else (), dtype=np.float64)
     zps = np.asarray(q.zeroPoint if q is not None and q.zeroPoint is not None else (), dtype=np.int64)
     return dtype, scales, zps, int(q.quantizedDimension) if q is not None else 0
 
 
-def to_tensor_dtype(array: np.ndarray, dtype: np.dtype, scales: np.ndarray, zero_points: np.ndarray, axis: int = 0) -> np.ndarray:
-    """`array` as a tensor of `dtype` holds it: quantized (round to nearest, saturate) when float goes into a quantized
-    integer tensor, cast otherwise."""
+def to_tensor_dtype(
+    array: np.ndarray, dtype: np.dtype, scales: np.ndarray, zero_points: np.ndarray, axis: int = 0
+) -> np.ndarray:
+    """`array` as a tensor of `dtype` would hold it.
+
+    Float values going into a quantized integer tensor are quantized as TFLite's QUANTIZE kernel does:
+    q = clamp(round_half_away_from_zero(x / scale) + zero_point); anything else is cast.
+    """
     a = np.asarray(array)
     if dtype.kind not in "iu" or a.dtype.kind != "f" or scales.size == 0:
         return a.astype(dtype, copy=False)
-    s, z = scales.astype(np.float64), zero_points.astype(np.float64) if zero_points.size else np.zeros_like(scales)
+    s = scales.astype(np.float64)
+    z = zero_points.astype(np.float64) if zero_points.size else np.zeros_like(s)
     if s.size > 1:  # per-channel activations are rare, but the broadcast is cheap to get right
         shape = [1] * a.ndim
         shape[axis] = s.size
         s, z = s.reshape(shape), z.reshape(shape)
+    v = a.astype(np.float64) / s
     info = np.iinfo(dtype)
-    return np.clip(np.round(a / s) + z, info.min, info.max).astype(dtype)
+    return np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5) + z, info.min, info.max).astype(dtype)
+
+
+def _type_name(code: int) -> str:
+    names = {v: k for k, v in vars(_schema().TensorType).items() if isinstance(v, int)}
+    return names.get(code, f"TYPE_{code}")
 
 
 def _describe_tensor(m: Any, t: int) -> str:
     tensor = m.subgraphs[0].tensors[t]
     name = tensor.name.decode(errors="replace") if isinstance(tensor.name, bytes) else str(tensor.name)
-    names = {v: k for k, v in vars(_schema().TensorType).items() if isinstance(v, int)}
-    shape = list(tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape if tensor.shape is not None else [])
-    text = f"{names.get(tensor.type, tensor.type)} {shape} {'const ' if _has_data(m, tensor) else ''}'{name}'"
+    dims = tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape
+    shape = [int(d) for d in (dims if dims is not None else ())]  # -1: resizable (the batch)
+    text = f"{_type_name(tensor.type)} {shape} {'const ' if _has_data(m, tensor) else ''}'{name}'"
     q = tensor.quantization
     if q is not None and q.scale is not None and len(q.scale):
         zps = list(q.zeroPoint) if q.zeroPoint is not None else [0]
@@ -380,7 +393,7 @@ def _readme(m: Any, op_index: int, kind: str, io: ExtractedIO, files: list[str])
         *(f"  {k}: {_describe_tensor(m, t)}" for k, t in enumerate(_tensor_list(op.inputs))),
         "Op outputs:",
         *(f"  {k}: {_describe_tensor(m, t)}" for k, t in enumerate(_tensor_list(op.outputs))),
-        f"Model inputs (in order): {', '.join(files[1:]) or 'none'}",
+        f"Inputs of {files[0]}, in order: {', '.join(files[1:]) or 'none'}",
         "",
         "Run it with LiteRT (pip install ai-edge-litert):",
         "  import numpy as np",
