@@ -212,12 +212,14 @@ class _Run:
         labels = eval_ds.labels
         with self.prog.step("passes", "float + quantized passes", total=len(eval_ds)) as step:
             for x, idx in eval_ds.batches(self.cfg.batch_size):
-                fv = float_runner.capture(x, f_ids + [f_out])
-                qv = quant_runner.capture(x, q_ids + [q_out])
+                # Views into the interpreters' buffers (no copies); dropped before the next batch runs.
+                fv = float_runner.capture(x, f_ids + [f_out], copy=False)
+                qv = quant_runner.capture(x, q_ids + [q_out], copy=False)
                 for f, q in zip(f_ids, q_ids):
                     accs[f].update(fv[f], qv[q])
                 y = None if labels is None else labels[idx]
                 cls.update(fv[f_out].reshape(len(x), -1), qv[q_out].reshape(len(x), -1), y)
+                del fv, qv
                 step.advance(len(x))
         if cls.result().num_samples == 0:
             raise DataError("no samples left to evaluate; give more data or a smaller --calib-count")

@@ -216,23 +216,18 @@ class ActivationAccumulator:
             step = (self.qrange[1] - self.qrange[0]) / (LEVELS - 1)
         if step is not None and not (math.isfinite(step) and step > 0):
             raise UserInputError(f"step must be a positive finite number (the tensor's scale), got {step!r}")
-        if zero_level is not None and step is None:
-            raise UserInputError("zero_level needs the grid step: pass step= (the scale) or qrange=")
-        if zero_level is not None and not math.isfinite(zero_level):
-            raise UserInputError(f"zero_level must be finite, got {zero_level!r}")
+        if zero_level is not None and (step is None or not math.isfinite(zero_level)):
+            raise UserInputError(f"zero_level {zero_level!r} needs to be finite and the grid step: pass step= or qrange=")
         self.step = None if step is None else float(step)
         self.zero_level = None if self.step is None else float(zero_level or 0.0)
         self.hist = LogHistogram(bins)
-        self.num_values = 0
-        self.num_nonfinite = 0
-        self.num_clipped = 0
-        self.num_zero = 0
+        self.num_values = self.num_nonfinite = self.num_clipped = self.num_zero = 0
         # Moments are sums of powers of (x − shift): shifting by a value near the mean keeps m2 and m4 from
         # cancelling catastrophically when |mean| ≫ std.
         self.shift: float | None = None
         self.count = 0  # finite values in the sums
         self.sums = np.zeros(4)  # Σd, Σd², Σd³, Σd⁴ with d = x − shift, float64
-        self.channel_min: np.ndarray | None = None
+        self.channel_min: np.ndarray | None = None  # allocated by the first batch, which fixes the channel count
         self.channel_max: np.ndarray | None = None
 
     def update(self, batch: np.ndarray) -> None:
@@ -250,10 +245,9 @@ class ActivationAccumulator:
             raise DataError("got a scalar; pass a batch whose first axis indexes samples (e.g. x[None])")
         if x.dtype != np.float64:
             x = x.astype(np.float32, copy=False)
-        x = np.ascontiguousarray(x)
-        view = self._channel_view(x)
         if x.size == 0:
             return
+        view = self._channel_view(np.ascontiguousarray(x))
         _, channels, inner = view.shape
         rows = max(1, _CHUNK // (channels * inner))
         raw = np.zeros(2 * _NEG, dtype=np.int64)
@@ -418,16 +412,9 @@ def _shifted(sums: np.ndarray, n: int, old: float | None, new: float | None) -> 
     """Re-express Σ(x − old)^k, k = 1..4, as Σ(x − new)^k by the binomial expansion of ((x − old) + δ)^k."""
     if n == 0 or old is None or new is None or old == new:
         return sums.copy()
-    s1, s2, s3, s4 = sums
-    delta = old - new
-    return np.array(
-        [
-            s1 + n * delta,
-            s2 + 2 * delta * s1 + n * delta**2,
-            s3 + 3 * delta * s2 + 3 * delta**2 * s1 + n * delta**3,
-            s4 + 4 * delta * s3 + 6 * delta**2 * s2 + 4 * delta**3 * s1 + n * delta**4,
-        ]
-    )
+    (s1, s2, s3, s4), a = sums, old - new
+    s = (s1 + n * a, s2 + 2 * a * s1 + n * a**2, s3 + 3 * a * s2 + 3 * a**2 * s1 + n * a**3)
+    return np.array([*s, s4 + 4 * a * s3 + 6 * a**2 * s2 + 4 * a**3 * s1 + n * a**4])
 
 
 def _share(count: int, total: int) -> float:
@@ -439,8 +426,9 @@ def _check_qrange(qrange: tuple[float, float] | None) -> tuple[float, float] | N
         return None
     try:
         lo, hi = (float(v) for v in qrange)
+        valid = math.isfinite(lo) and math.isfinite(hi) and lo < hi
     except (TypeError, ValueError):
-        raise UserInputError(f"qrange must be a pair (lo, hi) of floats, got {qrange!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise UserInputError(f"qrange must be finite with lo < hi, got {qrange!r}; it is scale·(qmin − zp, qmax − zp)")
+        valid = False
+    if not valid:
+        raise UserInputError(f"qrange must be a finite pair lo < hi, scale·(qmin − zp, qmax − zp); got {qrange!r}")
     return lo, hi

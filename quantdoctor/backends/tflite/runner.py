@@ -93,9 +93,16 @@ class TfliteRunner:
         q = np.round(x / scale) + zp
         return np.clip(q, info.min, info.max).astype(dtype)
 
-    def dequantized(self, index: int, n: int) -> np.ndarray:
-        """The float32 value of one tensor from the last invoke (first n samples)."""
-        value = self._interp.get_tensor(index)[:n]
+    def dequantized(self, index: int, n: int, copy: bool = True) -> np.ndarray:
+        """The float32 value of one tensor from the last invoke (first n samples along a batch axis).
+
+        With copy=False a float tensor comes back as a view of the interpreter's buffer (no copy: a real model's
+        activations are hundreds of MB a batch). LiteRT refuses to invoke while such a view is alive, so the caller must
+        drop it before the next run.
+        """
+        value = self._interp.get_tensor(index) if copy else self._interp.tensor(index)()
+        if value.ndim and value.shape[0] == self.batch_size:
+            value = value[:n]
         qp = self.graph.tensors[index].quant
         if qp is None or value.dtype.kind == "f":
             return value.astype(np.float32, copy=False)
@@ -111,6 +118,7 @@ class TfliteRunner:
         n = self._invoke(batch)
         return self.dequantized(self._out[0]["index"], n)
 
-    def capture(self, batch: np.ndarray, names: Sequence[int]) -> dict[int, np.ndarray]:
+    def capture(self, batch: np.ndarray, names: Sequence[int], copy: bool = True) -> dict[int, np.ndarray]:
+        """Run a batch and return the float32 values of the given tensors (see `dequantized` for `copy`)."""
         n = self._invoke(batch)
-        return {i: self.dequantized(i, n) for i in names}
+        return {i: self.dequantized(i, n, copy) for i in names}

@@ -1,0 +1,330 @@
+"""Per-sample coverage of the quantization grid: how many integer levels one sample's activations occupy.
+
+A tensor whose samples each sit in two or three levels carries almost no information through the quantized model,
+whatever its error statistics pooled over the data set say. For every sample (first axis) the values are quantized as
+the runtime would and the distinct integer levels and their span are counted; only fixed-size histograms over those
+counts are kept, so memory does not grow with the data.
+
+Modes:
+- "static": the tensor's own scale and zero point (full-integer models): q = clip(round(x / scale) + zp, qmin, qmax).
+- "dynamic": what TFLite's dynamic-range (hybrid) kernels do to their float input: each sample is quantized to int8
+  with its own parameters. Asymmetric (current kernels, `asymmetric_quantize_inputs`, as in
+  `tensor_utils::AsymmetricQuantizeFloats`): rmin = min(x, 0), rmax = max(x, 0), scale = (rmax − rmin) / 255 in
+  double, zp = round(−128 − rmin / scale) (TFLite takes whichever of the min- or max-anchored zero point has the smaller
+  error term; they agree up to rounding) clipped to [−128, 127], q = clip(round(zp + x · (1 / scale)), −128, 127) in
+  float32; an all-zero sample gets scale 1, zp 0. Symmetric (`symmetric=True`, older kernels,
+  `SymmetricQuantizeFloats`): scale = max|x| / 127, q = clip(round(x · 127 / max|x|), −127, 127).
+
+Rounding is half away from zero, as TFLite's `TfLiteRound` (std::round). NaN values fall on no level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from quantdoctor.errors import DataError, UserInputError
+from quantdoctor.stats.accumulators import result_from_dict
+
+_CHUNK = 1 << 16  # elements quantized per pass: the temporaries stay in cache
+_MAX_EXACT = 1 << 24  # float32 holds every integer below this, so bin indices are built in float32
+MAX_GRID = 1 << 16  # widest grid (int16) whose level histogram is kept
+
+Quantizer = Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]
+"""Given a group of sample rows, returns the function mapping a column slice of them to float levels."""
+
+
+class GridMode(str, enum.Enum):
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+
+
+def round_half_away(y: np.ndarray) -> np.ndarray:
+    """Round half away from zero like C's std::round; `y` is overwritten and the result returned.
+
+    Exact for every float: floor(|y| + 0.5) is not (0.49999997 + 0.5 rounds up to 1.0 in float32).
+    """
+    whole = np.trunc(y)
+    y -= whole  # the fraction, exactly
+    whole += y >= 0.5
+    whole -= y <= -0.5
+    return whole
+
+
+def static_quantizer(scale: float, zero_point: int, qmin: int, qmax: int) -> Quantizer:
+    """Levels clip(round(x / scale) + zero_point, qmin, qmax), computed in float32 as TFLite's Quantize op does."""
+    scale32 = np.float32(scale)
+
+    def prepare(rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        def levels(piece: np.ndarray) -> np.ndarray:
+            y = round_half_away(np.divide(piece, scale32, dtype=np.float32))
+            y += zero_point
+            return np.clip(y, qmin, qmax, out=y)
+
+        return levels
+
+    return prepare
+
+
+def dynamic_params(x: np.ndarray, symmetric: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample (scale, zero_point) TFLite's hybrid kernels give a float input (formulas in the module docstring).
+
+    Returns float32 scales and int32 zero points, one per sample (first axis); NaN values are ignored.
+    """
+    scale, zero_point, _ = _dynamic_rows(_rows(x), symmetric)
+    return scale, zero_point
+
+
+def _dynamic_rows(rows: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row float32 scale, int32 zero point and the float32 multiplier the kernel applies to x."""
+    n = rows.shape[0]
+    if rows.shape[1] == 0:
+        return np.ones(n, np.float32), np.zeros(n, np.int32), np.ones(n, np.float32)
+    low = np.fmin(np.fmin.reduce(rows, axis=1), 0).astype(np.float32)
+    high = np.fmax(np.fmax.reduce(rows, axis=1), 0).astype(np.float32)
+    if symmetric:
+        span = np.maximum(-low, high)
+        zero = span == 0  # an all-zero row: every value quantizes to 0 whatever the multiplier
+        span[zero] = 127
+        return span / np.float32(127), np.zeros(n, np.int32), np.float32(127) / span
+    low, high = low.astype(np.float64), high.astype(np.float64)
+    zero = low == high
+    scale = np.where(zero, 1.0, high - low) / np.where(zero, 1.0, 255.0)
+    from_min, from_max = -128.0 - low / scale, 127.0 - high / scale
+    zp = np.where(128.0 + np.abs(low / scale) < 127.0 + np.abs(high / scale), from_min, from_max)
+    zp = np.clip(round_half_away(zp), -128, 127).astype(np.int32)
+    scale32 = scale.astype(np.float32)
+    return scale32, zp, np.float32(1) / scale32
+
+
+def dynamic_quantizer(symmetric: bool) -> Quantizer:
+    """Levels of each row quantized with its own parameters, as `_dynamic_rows` gives them."""
+    lowest = -127 if symmetric else -128
+
+    def prepare(rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        _, zp, inverse = _dynamic_rows(rows, symmetric)
+        multiplier, offset = inverse[:, None], zp.astype(np.float32)[:, None]
+
+        def levels(piece: np.ndarray) -> np.ndarray:
+            y = np.multiply(piece, multiplier, dtype=np.float32)
+            y += offset  # added before rounding, as the kernel does
+            y = round_half_away(y)
+            return np.clip(y, lowest, 127, out=y)
+
+        return levels
+
+    return prepare
+
+
+def sample_levels(x: np.ndarray, quantizer: Quantizer, qmin: int, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample distinct-level counts and spans (max_level − min_level + 1; 0 for a sample without values).
+
+    Vectorised: the levels of a group of rows are offset by row·(qmax − qmin + 2) and counted by one np.bincount;
+    one extra column per row takes the NaNs.
+    """
+    rows = _rows(x)
+    n, width = rows.shape
+    size = qmax - qmin + 1
+    stride = size + 1
+    distinct, span = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    if width == 0:
+        return distinct, span
+    group = max(1, min(_CHUNK // width, _MAX_EXACT // stride))
+    for start in range(0, n, group):
+        block = rows[start : start + group]
+        g = block.shape[0]
+        levels = quantizer(block)
+        offsets = (np.arange(g, dtype=np.float32) * stride - qmin)[:, None]
+        counts = np.zeros(g * stride, np.int64)
+        for begin in range(0, width, _CHUNK):  # several pieces only when one row is longer than a chunk
+            q = levels(block[:, begin : begin + _CHUNK])
+            np.nan_to_num(q, copy=False, nan=qmax + 1)
+            q += offsets
+            counts += np.bincount(q.astype(np.intp).ravel(), minlength=g * stride)
+        present = counts.reshape(g, stride)[:, :size] > 0
+        first = present.argmax(axis=1)
+        last = size - 1 - present[:, ::-1].argmax(axis=1)
+        distinct[start : start + g] = present.sum(axis=1)
+        span[start : start + g] = np.where(present.any(axis=1), last - first + 1, 0)
+    return distinct, span
+
+
+def distinct_levels(
+    x: np.ndarray, scale: float, zero_point: int = 0, qmin: int = -128, qmax: int = 127
+) -> np.ndarray:
+    """Number of distinct integer levels each sample (first axis) occupies after static quantization.
+
+    count_i = |{clip(round(x_ij / scale) + zero_point, qmin, qmax) : j}|, rounding half away from zero in float32.
+    E.g. [0, 0.1, 0.2, 5.0] with scale 0.1 → levels {0, 1, 2, 50} → 4. A sample without values has 0 levels.
+
+    Raises:
+        UserInputError: a scale that is not positive and finite, or qmin ≥ qmax.
+        DataError: a scalar input (no sample axis).
+    """
+    _check_static(scale, zero_point, qmin, qmax)
+    return sample_levels(x, static_quantizer(scale, zero_point, qmin, qmax), qmin, qmax)[0]
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim == 0:
+        raise DataError("got a scalar; pass a batch whose first axis indexes samples (e.g. x[None])")
+    if a.dtype != np.float64:
+        a = a.astype(np.float32, copy=False)
+    return np.ascontiguousarray(a).reshape(a.shape[0], -1)
+
+
+def _check_static(scale: float | None, zero_point: int, qmin: int, qmax: int) -> None:
+    if scale is None or not (math.isfinite(scale) and scale > 0):
+        raise UserInputError(f"static mode needs the tensor's scale, a positive finite number; got {scale!r}")
+    if not qmin < qmax:
+        raise UserInputError(f"qmin must be below qmax, got qmin={qmin}, qmax={qmax}")
+    if qmax - qmin + 1 > MAX_GRID:
+        raise UserInputError(f"grids wider than 16 bits are not supported (qmin={qmin}, qmax={qmax})")
+    if not qmin <= zero_point <= qmax:
+        raise UserInputError(f"zero_point {zero_point} is outside [qmin, qmax] = [{qmin}, {qmax}]")
+
+
+@dataclass(frozen=True)
+class GridCoverage:
+    """How much of the quantization grid single samples use, over a data stream.
+
+    `*_levels` are statistics over samples of the number of distinct levels a sample occupies; `*_span` of the share
+    of the grid its levels span, (max_level − min_level + 1) / grid_size. Percentiles follow np.percentile (linear)
+    over the per-sample values, exactly. `levels_histogram[k]` = samples occupying k levels (k = 0..grid_size);
+    `few_levels_share` = share of samples on ≤ `few` levels. `grid_size` is qmax − qmin + 1 (255 for the symmetric
+    dynamic variant, whose levels are −127..127). Floats are nan when no sample was seen.
+    """
+
+    num_samples: int
+    grid_size: int
+    median_levels: float
+    p5_levels: float
+    mean_levels: float
+    median_span: float
+    p5_span: float
+    few: int
+    few_levels_share: float
+    levels_histogram: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GridCoverage:
+        data = dict(data)
+        if "levels_histogram" in data:
+            data["levels_histogram"] = tuple(data["levels_histogram"])
+        return result_from_dict(cls, data)
+
+
+class GridCoverageAccumulator:
+    """Streams batches (first axis = samples) into the `GridCoverage` of one tensor's quantization grid.
+
+    Args:
+        scale, zero_point, qmin, qmax: the tensor's quantization ("static"); "dynamic" computes them per sample and
+            needs scale=None and the int8 defaults.
+        mode: "static" or "dynamic" (see the module docstring).
+        few: samples on ≤ this many levels count towards `few_levels_share`.
+        symmetric: in "dynamic" mode, the symmetric per-sample variant of older TFLite kernels.
+
+    Raises:
+        UserInputError: parameters that do not fit the mode.
+    """
+
+    def __init__(
+        self,
+        scale: float | None,
+        zero_point: int = 0,
+        qmin: int = -128,
+        qmax: int = 127,
+        mode: str = "static",
+        few: int = 16,
+        symmetric: bool = False,
+    ) -> None:
+        try:
+            self.mode = GridMode(mode)
+        except ValueError:
+            raise UserInputError(f"mode must be 'static' or 'dynamic', got {mode!r}") from None
+        if few < 0:
+            raise UserInputError(f"few must be ≥ 0, got {few}")
+        if self.mode is GridMode.STATIC:
+            if symmetric:
+                raise UserInputError("symmetric applies to mode='dynamic'; a symmetric static tensor has zero_point=0")
+            _check_static(scale, zero_point, qmin, qmax)
+            self.quantizer = static_quantizer(scale, zero_point, qmin, qmax)
+        else:
+            if scale is not None or zero_point != 0 or (qmin, qmax) != (-128, 127):
+                raise UserInputError(
+                    "dynamic mode quantizes each sample to int8 with its own scale; pass scale=None and leave "
+                    "zero_point, qmin and qmax at their defaults"
+                )
+            qmin = -127 if symmetric else -128
+            self.quantizer = dynamic_quantizer(symmetric)
+        self.settings = (self.mode, None if scale is None else float(scale), int(zero_point), qmin, qmax, symmetric)
+        self.qmin, self.qmax, self.few = int(qmin), int(qmax), int(few)
+        size = self.qmax - self.qmin + 1
+        self.levels_histogram = np.zeros(size + 1, np.int64)  # index = distinct levels of a sample
+        self.span_histogram = np.zeros(size + 1, np.int64)  # index = max_level − min_level + 1
+
+    def update(self, batch: np.ndarray) -> None:
+        """Fold in one batch whose first axis indexes samples.
+
+        Raises:
+            DataError: a scalar (no sample axis).
+        """
+        distinct, span = sample_levels(batch, self.quantizer, self.qmin, self.qmax)
+        self.levels_histogram += np.bincount(distinct, minlength=self.levels_histogram.size)
+        self.span_histogram += np.bincount(span, minlength=self.span_histogram.size)
+
+    def merge(self, other: GridCoverageAccumulator) -> GridCoverageAccumulator:
+        """Return a new accumulator holding both streams; `self` and `other` are unchanged.
+
+        Raises:
+            DataError: the two count levels on different grids.
+        """
+        if not isinstance(other, GridCoverageAccumulator):
+            raise TypeError(f"cannot merge GridCoverageAccumulator with {type(other).__name__}")
+        if self.settings != other.settings:
+            raise DataError(f"cannot merge grid coverage of different grids: {self.settings} vs {other.settings}")
+        mode, scale, zero_point, _, qmax, symmetric = self.settings
+        merged = GridCoverageAccumulator(
+            scale, zero_point, -128 if mode is GridMode.DYNAMIC else self.qmin, qmax, mode.value, self.few, symmetric
+        )
+        merged.levels_histogram = self.levels_histogram + other.levels_histogram
+        merged.span_histogram = self.span_histogram + other.span_histogram
+        return merged
+
+    def result(self) -> GridCoverage:
+        n = int(self.levels_histogram.sum())
+        size = self.qmax - self.qmin + 1
+        levels = np.arange(size + 1)
+        return GridCoverage(
+            num_samples=n,
+            grid_size=size,
+            median_levels=histogram_percentile(self.levels_histogram, 50.0),
+            p5_levels=histogram_percentile(self.levels_histogram, 5.0),
+            mean_levels=float(levels @ self.levels_histogram) / n if n else math.nan,
+            median_span=histogram_percentile(self.span_histogram, 50.0) / size,
+            p5_span=histogram_percentile(self.span_histogram, 5.0) / size,
+            few=self.few,
+            few_levels_share=int(self.levels_histogram[: self.few + 1].sum()) / n if n else math.nan,
+            levels_histogram=tuple(int(c) for c in self.levels_histogram),
+        )
+
+
+def histogram_percentile(counts: np.ndarray, q: float) -> float:
+    """np.percentile(values, q) (linear rule) of the integers 0..len(counts)−1 held as counts per value; nan if empty."""
+    n = int(counts.sum())
+    if n == 0:
+        return math.nan
+    cumulative = np.cumsum(counts)
+    rank = (n - 1) * q / 100.0
+    k = math.floor(rank)
+    below, above = np.searchsorted(cumulative, [k, min(k + 1, n - 1)], side="right")
+    return float(below + (rank - k) * (above - below))
