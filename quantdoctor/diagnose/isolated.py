@@ -2,8 +2,8 @@
 
 The layer-by-layer comparison measures accumulated error: what reaches an op already carries every earlier op's error.
 Feeding one op the float model's input activation instead, and comparing its output with the float model's output
-activation, leaves only what that op adds. This works for every kind of model, including dynamic-range (hybrid) ones that
-tf.lite.experimental.QuantizationDebugger cannot take, because the op runs with its real kernel and parameters.
+activation, leaves only what that op adds. This works for every kind of model, including dynamic-range (hybrid) ones
+that tf.lite.experimental.QuantizationDebugger cannot take, because the op runs with its real kernel and parameters.
 """
 
 from __future__ import annotations

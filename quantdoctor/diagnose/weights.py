@@ -129,12 +129,13 @@ def _read_weights(interp, g: Graph, op: OpInfo) -> _Weights | None:
 def _unreadable(op: OpInfo, g: Graph, note: str) -> WeightReport:
     nan = float("nan")
     w = g.tensors[op.inputs[1]]
+    axis = OUTPUT_CHANNEL_AXIS.get(op.type, 0) % max(len(w.shape), 1)
     return WeightReport(
         op_index=op.index,
         op_type=op.type,
         tensor=w.name,
         shape=w.shape,
-        axis=OUTPUT_CHANNEL_AXIS.get(op.type, 0) % max(len(w.shape), 1),
+        axis=axis,
         storage=w.dtype,
         granularity=w.dtype,
         sqnr_db_actual=nan,
@@ -142,7 +143,7 @@ def _unreadable(op: OpInfo, g: Graph, note: str) -> WeightReport:
         sqnr_db_per_channel=nan,
         worst_channel_sqnr_db=nan,
         collapsed_channels=0,
-        num_channels=0,
+        num_channels=w.shape[axis] if w.shape else 0,
         min_channel_levels=None,
         channel_range_ratio=nan,
         note=note,

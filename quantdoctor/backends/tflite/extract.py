@@ -86,10 +86,10 @@ def _has_data(m: Any, tensor: Any) -> bool:
 def plan(model: bytes, op_indices: Sequence[int]) -> ExtractedIO:
     """Which ops and tensors an extract of `op_indices` holds, without building it.
 
-    Ops that unpack constant weights (a DEQUANTIZE of int8/float16 constants) and feed a chosen op are kept too: the op's
-    kernel is then the one the full model runs. Inputs are the tensors read but not produced inside the extract, minus
-    constants and variables, each once, in order of first use; outputs are the tensors produced inside and not consumed
-    inside, plus any the source model returns or other ops read.
+    Ops that unpack constant weights (a DEQUANTIZE of int8/float16 constants) and feed a chosen op are kept too: the
+    op's kernel is then the one the full model runs. Inputs are the tensors read but not produced inside the extract,
+    minus constants and variables, each once, in order of first use; outputs are the chosen ops' outputs that are not
+    consumed inside, plus those the source model returns or other ops read.
 
     Raises:
         UserInputError: an index is out of range, or an op calls other subgraphs (WHILE, IF, ...).
@@ -99,7 +99,7 @@ def plan(model: bytes, op_indices: Sequence[int]) -> ExtractedIO:
     chosen = sorted(set(int(i) for i in op_indices))
     if not chosen:
         raise UserInputError("no op to extract; give at least one op index")
-    producer = {t: i for i, op in enumerate(sg.operators) for t in (op.outputs if op.outputs is not None else ()) if t >= 0}
+    producer = {t: i for i, op in enumerate(sg.operators) for t in _tensor_list(op.outputs)}
     kept = set(chosen)
     for i in chosen:
         op = _operator(m, i)
@@ -121,9 +121,9 @@ def plan(model: bytes, op_indices: Sequence[int]) -> ExtractedIO:
     consumed_outside = {
         t for j, op in enumerate(sg.operators) if j not in kept for t in _tensor_list(op.inputs)
     } | set(_tensor_list(sg.outputs))
-    outputs = [
+    outputs = [  # weight unpack ops are left out: what they write is a constant of the extract, not a result
         t
-        for i in order
+        for i in chosen
         for t in _tensor_list(sg.operators[i].outputs)
         if t not in consumed_inside or t in consumed_outside
     ]
@@ -169,6 +169,7 @@ def extract_ops(model: bytes, op_indices: Sequence[int]) -> bytes:
     io = plan(data, op_indices)
 
     tensor_map: dict[int, int] = {}
+    buffer_map: dict[int, int] = {}  # the converter lets equal constants share one buffer; so does the extract
     tensors: list[Any] = []
     buffers: list[Any] = [schema_fb.BufferT()]  # buffer 0 is the empty buffer every data-less tensor points to
 
@@ -178,12 +179,14 @@ def extract_ops(model: bytes, op_indices: Sequence[int]) -> bytes:
         if t not in tensor_map:
             src = sg.tensors[t]
             if getattr(src, "externalBuffer", 0):
-                raise UserInputError(f"tensor {t} lives in an external buffer; extracting such models is not supported")
+                raise UserInputError(f"tensor {t} lives in an external buffer; such models cannot be extracted yet")
             new = copy.copy(src)
             new.buffer = 0
             if _has_data(m, src):
-                buffers.append(_AlignedBuffer(_buffer_bytes(data, m.buffers[src.buffer])))
-                new.buffer = len(buffers) - 1
+                if src.buffer not in buffer_map:
+                    buffers.append(_AlignedBuffer(_buffer_bytes(data, m.buffers[src.buffer])))
+                    buffer_map[src.buffer] = len(buffers) - 1
+                new.buffer = buffer_map[src.buffer]
             tensor_map[t] = len(tensors)
             tensors.append(new)
         return tensor_map[t]
@@ -311,7 +314,7 @@ def write_repro(model: bytes, op_index: int, input_arrays: Sequence[np.ndarray],
 
 
 def tensor_quantization(model: bytes, tensor: int) -> tuple[np.dtype, np.ndarray, np.ndarray, int]:
-    """(dtype, scales, zero points, quantized axis) of one tensor of the primary subgraph; empty scales if not quantized."""
+    """(dtype, scales, zero points, quantized axis) of a primary-subgraph tensor; scales are empty if not quantized."""
     t = _parse(bytes(model)).subgraphs[0].tensors[tensor]
     try:
         dtype = np.dtype(_type_name(t.type).lower())

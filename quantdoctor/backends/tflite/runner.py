@@ -90,7 +90,8 @@ class TfliteRunner:
             return x.astype(dtype, copy=False)
         scale, zp = self._in["quantization"]
         info = np.iinfo(dtype)
-        q = np.round(x / scale) + zp
+        scaled = x / scale
+        q = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5) + zp  # TFLite rounds half away from zero
         return np.clip(q, info.min, info.max).astype(dtype)
 
     def dequantized(self, index: int, n: int, copy: bool = True) -> np.ndarray:
@@ -101,7 +102,7 @@ class TfliteRunner:
         drop it before the next run.
         """
         value = self._interp.get_tensor(index) if copy else self._interp.tensor(index)()
-        if value.ndim and value.shape[0] == self.batch_size:
+        if value.ndim and value.shape[0] == self.batch_size and not self.graph.tensors[index].is_constant:
             value = value[:n]
         qp = self.graph.tensors[index].quant
         if qp is None or value.dtype.kind == "f":

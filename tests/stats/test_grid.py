@@ -1,0 +1,208 @@
+"""Grid coverage: hand-computed level counts, TFLite's per-sample parameters, brute-force oracles, streaming, memory."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+import quantdoctor.stats.grid as grid
+from quantdoctor.errors import DataError, UserInputError
+from quantdoctor.stats.grid import (
+    GridCoverage,
+    GridCoverageAccumulator,
+    distinct_levels,
+    dynamic_params,
+    round_half_away,
+)
+
+
+def _levels_oracle(x: np.ndarray, scale: float, zp: int, qmin: int, qmax: int) -> np.ndarray:
+    """Per-sample level sets by np.unique, rounding half away from zero in float64 after a float32 division."""
+    y = (x.astype(np.float32) / np.float32(scale)).astype(np.float64)
+    q = np.clip(np.sign(y) * np.floor(np.abs(y) + 0.5) + zp, qmin, qmax)  # exact in float64 for float32 inputs
+    return q.reshape(len(x), -1)
+
+
+def _distinct_oracle(x: np.ndarray, *args) -> np.ndarray:
+    return np.array([np.unique(row[~np.isnan(row)]).size for row in _levels_oracle(x, *args)])
+
+
+@pytest.mark.parametrize(
+    "sample, scale, zp, qmin, qmax, expected",
+    [
+        ([0, 0.1, 0.2, 5.0], 0.1, 0, -128, 127, 4),  # levels {0, 1, 2, 50}
+        ([0, 0.1, 20.0, 50.0], 0.1, 0, -128, 127, 3),  # 200 and 500 both clip to qmax 127: {0, 1, 127}
+        ([-1.0, 0.0, 0.1], 0.1, -128, -128, 127, 2),  # -138 clips to qmin: {-128, -128, -127}
+        ([0.125, -0.125, 0.375], 0.25, 0, -128, 127, 3),  # ties 0.5 → 1, -0.5 → -1, 1.5 → 2 (half-even would give 2)
+        ([3.0, 3.0, 3.0], 1.0, 0, -128, 127, 1),
+        ([np.nan, 0.0, 1.0], 1.0, 0, -128, 127, 2),  # NaN falls on no level
+        ([0, 1, 2, 3, 255, 256], 1.0, 0, 0, 255, 5),  # uint8 grid: 256 clips to 255
+        ([-40000.0, 0.0, 1.0, 40000.0], 1.0, 0, -32768, 32767, 4),  # int16 grid
+    ],
+)
+def test_distinct_levels_hand_computed(sample, scale, zp, qmin, qmax, expected):
+    assert distinct_levels(np.array([sample]), scale, zp, qmin, qmax).tolist() == [expected]
+
+
+def test_distinct_levels_per_sample_and_empty_samples():
+    assert distinct_levels(np.array([[0, 1, 2, 3], [0, 0, 0, 0]]), 1.0).tolist() == [4, 1]
+    assert distinct_levels(np.zeros((2, 0)), 1.0).tolist() == [0, 0]
+
+
+@pytest.mark.parametrize(
+    "y, expected",
+    [(0.5, 1), (-0.5, -1), (2.5, 3), (-2.5, -3), (0.49999997, 0), (-0.49999997, 0), (1.4, 1), (-1.6, -2), (1e8, 1e8)],
+)
+def test_round_half_away_from_zero(y, expected):
+    assert round_half_away(np.array([y], dtype=np.float32))[0] == expected
+
+
+@pytest.mark.parametrize(
+    "row, symmetric, scale, zero_point",
+    [
+        ([0.0, 1.0], False, 1 / 255, -128),  # rmin 0: zp = round(-128 - 0) = -128
+        ([-1.0, 1.0], False, 2 / 255, -1),  # zp = -128 + 127.5 = -0.5, rounded away from zero
+        ([-2.0, -1.0], False, 2 / 255, 127),  # rmax = max(x, 0) = 0: zp = 127 - 0
+        ([0.0, 0.0], False, 1.0, 0),  # all zero: TFLite's scale 1, zp 0
+        ([-1.0, 0.5], True, 1 / 127, 0),  # symmetric: max|x| / 127
+        ([0.0, np.nan, 2.0], False, 2 / 255, -128),  # NaN ignored
+    ],
+)
+def test_dynamic_params_follow_tflite(row, symmetric, scale, zero_point):
+    scales, zps = dynamic_params(np.array([row]), symmetric=symmetric)
+    assert scales[0] == pytest.approx(scale, rel=1e-6) and zps[0] == zero_point
+
+
+@pytest.mark.parametrize(
+    "sample, symmetric, expected",
+    [
+        ([0.0, 1.0], False, 2),  # levels -128 and 127
+        # One outlier stretches the per-sample scale to 1000/255 = 3.92: values below 1.96 stay on -128, 1.98 and 2.0
+        # reach -127, the outlier 127.
+        ([*np.linspace(0.0, 2.0, 100), 1000.0], False, 3),
+        ([*np.linspace(0.0, 2.0, 100), 2.0], False, 100),  # without it the 100 values take 100 levels
+        ([-1.0, 0.0, 0.5, 1.0], True, 4),  # symmetric: -127, 0, 63.5 → 64, 127
+        ([0.0, 0.0, 0.0], False, 1),
+    ],
+)
+def test_dynamic_mode_hand_computed(sample, symmetric, expected):
+    acc = GridCoverageAccumulator(None, mode="dynamic", symmetric=symmetric)
+    acc.update(np.array([sample], dtype=np.float32))
+    result = acc.result()
+    assert result.levels_histogram[expected] == 1 and result.median_levels == expected
+
+
+def test_dynamic_mode_equals_static_with_each_samples_own_parameters():
+    rng = np.random.default_rng(1)
+    x = rng.standard_t(2, (12, 300)).astype(np.float32)
+    acc = GridCoverageAccumulator(None, mode="dynamic")
+    acc.update(x)
+    scales, zps = dynamic_params(x)
+    expected = [distinct_levels(row[None], float(s), int(z))[0] for row, s, z in zip(x, scales, zps)]
+    assert acc.result().median_levels == np.median(expected)
+
+
+def test_accumulator_statistics_equal_brute_force():
+    rng = np.random.default_rng(2)
+    # samples of very different spreads: some sit in a few levels, some clip
+    x = rng.normal(0.0, 1.0, (40, 4, 4, 8)) * rng.choice([0.01, 0.1, 1.0, 10.0], size=(40, 1, 1, 1))
+    x = x.astype(np.float32)
+    acc = GridCoverageAccumulator(0.05, zero_point=3)
+    acc.update(x)
+    result = acc.result()
+    levels = _levels_oracle(x, 0.05, 3, -128, 127)
+    distinct = np.array([np.unique(row).size for row in levels])
+    span = (levels.max(axis=1) - levels.min(axis=1) + 1) / 256
+    assert result.num_samples == 40 and result.grid_size == 256
+    assert result.median_levels == np.median(distinct)
+    assert result.p5_levels == pytest.approx(np.percentile(distinct, 5))
+    assert result.mean_levels == pytest.approx(distinct.mean())
+    assert result.median_span == pytest.approx(np.median(span))
+    assert result.p5_span == pytest.approx(np.percentile(span, 5))
+    assert result.few_levels_share == np.mean(distinct <= 16)
+    assert result.levels_histogram == tuple(np.bincount(distinct, minlength=257))
+
+
+def test_many_short_rows_and_rows_longer_than_a_chunk(monkeypatch):
+    rng = np.random.default_rng(3)
+    short = rng.normal(0, 3, (5000, 3)).astype(np.float32)
+    assert np.array_equal(distinct_levels(short, 0.5), _distinct_oracle(short, 0.5, 0, -128, 127))
+    monkeypatch.setattr(grid, "_CHUNK", 1000)  # forces several pieces per row and groups of one row
+    long = rng.normal(0, 3, (3, 4500)).astype(np.float32)
+    assert np.array_equal(distinct_levels(long, 0.01), _distinct_oracle(long, 0.01, 0, -128, 127))
+    many = rng.normal(0, 3, (700, 7)).astype(np.float32)
+    assert np.array_equal(distinct_levels(many, 0.5), _distinct_oracle(many, 0.5, 0, -128, 127))
+
+
+@pytest.mark.parametrize("mode, scale", [("static", 0.02), ("dynamic", None)])
+def test_streamed_and_merged_equal_all_at_once(mode, scale):
+    rng = np.random.default_rng(4)
+    x = rng.standard_t(3, (30, 50)).astype(np.float32)
+    whole = GridCoverageAccumulator(scale, mode=mode)
+    whole.update(x)
+    streamed = GridCoverageAccumulator(scale, mode=mode)
+    for lo, hi in [(0, 4), (4, 4), (4, 17), (17, 30)]:
+        streamed.update(x[lo:hi])
+    first, second = GridCoverageAccumulator(scale, mode=mode), GridCoverageAccumulator(scale, mode=mode)
+    first.update(x[:11])
+    second.update(x[11:])
+    before = (first.result(), second.result())
+    merged = first.merge(second)
+    assert (first.result(), second.result()) == before
+    assert streamed.result() == whole.result() == merged.result()
+
+
+def test_merge_refuses_different_grids():
+    with pytest.raises(DataError, match="different grids"):
+        GridCoverageAccumulator(0.1).merge(GridCoverageAccumulator(0.2))
+
+
+def test_memory_does_not_grow_with_the_stream():
+    rng = np.random.default_rng(5)
+    acc = GridCoverageAccumulator(0.1)
+    acc.update(rng.normal(size=(4, 10)))
+    shapes = {k: v.shape for k, v in vars(acc).items() if isinstance(v, np.ndarray)}
+    size = len(pickle.dumps(acc.levels_histogram)) + len(pickle.dumps(acc.span_histogram))
+    for _ in range(10):
+        acc.update(rng.normal(size=(40, 10)))
+    assert {k: v.shape for k, v in vars(acc).items() if isinstance(v, np.ndarray)} == shapes
+    assert len(pickle.dumps(acc.levels_histogram)) + len(pickle.dumps(acc.span_histogram)) == size
+    assert acc.result().num_samples == 404
+
+
+def test_empty_stream_and_json_round_trip():
+    empty = GridCoverageAccumulator(0.1).result()
+    assert empty.num_samples == 0 and np.isnan(empty.median_levels)
+    acc = GridCoverageAccumulator(None, mode="dynamic", symmetric=True, few=2)
+    acc.update(np.array([[0.0, 1.0], [1.0, 2.0], [-3.0, 3.0]]))
+    result = acc.result()
+    assert result.grid_size == 255 and result.few_levels_share == 1.0
+    assert GridCoverage.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+
+@pytest.mark.parametrize(
+    "args, kwargs",
+    [
+        ((None,), {}),  # static needs a scale
+        ((0.0,), {}),
+        ((0.1,), {"zero_point": 200}),
+        ((0.1,), {"qmin": 5, "qmax": 5}),
+        ((0.1,), {"qmin": 0, "qmax": 1 << 20}),
+        ((0.1,), {"mode": "dynamic"}),  # dynamic computes its own scale
+        ((None,), {"mode": "dynamic", "qmin": 0, "qmax": 255}),
+        ((0.1,), {"symmetric": True}),
+        ((0.1,), {"mode": "hybrid"}),
+        ((0.1,), {"few": -1}),
+    ],
+)
+def test_bad_settings_raise_user_input_error(args, kwargs):
+    with pytest.raises(UserInputError):
+        GridCoverageAccumulator(*args, **kwargs)
+
+
+def test_scalar_batch_raises_data_error():
+    with pytest.raises(DataError, match="scalar"):
+        GridCoverageAccumulator(0.1).update(np.float32(1.0))
