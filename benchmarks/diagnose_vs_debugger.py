@@ -41,24 +41,26 @@ def _setup():
     return model_path, model, data, x
 
 
-def _representative(x):
-    def gen():
+def _int8_converter(model, x):
+    """The int8 converter every contender uses: the first CALIB photos calibrate."""
+    import tensorflow as tf
+
+    def representative():
         for i in range(CALIB):
             yield [x[i : i + 1]]
 
-    return gen
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return conv
 
 
 def part_floor(model_path, model, data, x) -> dict:
-    import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
     t0 = time.perf_counter()
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = _representative(x)
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    tfl = conv.convert()
+    tfl = _int8_converter(model, x).convert()
     t1 = time.perf_counter()
     float_out = model.predict(x, batch_size=16, verbose=0)
     t2 = time.perf_counter()
@@ -97,10 +99,7 @@ def part_debugger(model_path, model, data, x) -> dict:
     import tensorflow as tf
 
     t0 = time.perf_counter()
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = _representative(x)
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv = _int8_converter(model, x)
 
     def debug_dataset():
         for i in range(EVAL):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -93,6 +94,25 @@ def test_moments_match_numpy_and_scipy_kurtosis():
         assert result.std == pytest.approx(flat.std(), rel=1e-5), name
         assert result.kurtosis == pytest.approx(scipy.stats.kurtosis(flat, fisher=True, bias=True), rel=1e-4), name
         assert (result.min, result.max) == (flat.min(), flat.max())
+
+
+def test_float64_batches_are_computed_in_float64():
+    rng = np.random.default_rng(11)
+    x = rng.lognormal(0.0, 1.0, (30, 200))
+    result = _stream(x, [10]).result()
+    assert result.mean == pytest.approx(x.mean(), rel=1e-12)
+    assert result.std == pytest.approx(x.std(), rel=1e-12)
+    assert result.kurtosis == pytest.approx(scipy.stats.kurtosis(x.ravel()), rel=1e-10)
+
+
+def test_update_allocates_no_copy_of_the_batch():
+    x = np.random.default_rng(12).normal(size=(32, 32, 32, 64)).astype(np.float32)  # 8 MiB
+    acc = ActivationAccumulator(qrange=(-1, 1))
+    tracemalloc.start()
+    acc.update(x)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < x.nbytes / 4  # chunk-sized scratch only (~1.3 MiB), no float32 or float64 copy
 
 
 @pytest.mark.parametrize("offset, spread", [(1000.0, 0.01), (0.0, 1.0e9), (0.0, 1e-12)])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -95,6 +97,51 @@ def test_dynamic_mode_hand_computed(sample, symmetric, expected):
     assert result.levels_histogram[expected] == 1 and result.median_levels == expected
 
 
+def _c_round(y: float) -> int:
+    """std::round: half away from zero (exact for float32 inputs, whose |y| + 0.5 is exact in double)."""
+    return int(math.copysign(math.floor(abs(y) + 0.5), y))
+
+
+def _tflite_row_levels(row: np.ndarray, symmetric: bool) -> set[int]:
+    """A literal, element-by-element port of TFLite's (A)SymmetricQuantizeFloats, float32 where the C++ is float."""
+    f32 = np.float32
+    if symmetric:
+        value_range = max(abs(row.min()), abs(row.max()))
+        if value_range == 0:
+            return {0}
+        inverse = f32(127) / f32(value_range)
+        return {min(127, max(-127, _c_round(float(f32(v * inverse))))) for v in row}
+    rmin, rmax = float(min(f32(0), row.min())), float(max(f32(0), row.max()))
+    if rmin == rmax:
+        return {0}
+    scale = (rmax - rmin) / 255.0
+    from_min, from_max = -128 - rmin / scale, 127 - rmax / scale
+    zp_double = from_min if 128 + abs(rmin / scale) < 127 + abs(rmax / scale) else from_max
+    zp = -128 if zp_double <= -128 else 127 if zp_double >= 127 else _c_round(zp_double)
+    inverse = f32(1) / f32(scale)
+    return {min(127, max(-128, _c_round(float(f32(f32(zp) + f32(v * inverse)))))) for v in row}
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_dynamic_mode_matches_a_literal_port_of_the_tflite_kernels(symmetric):
+    rng = np.random.default_rng(0)
+    rows = [
+        rng.normal(0.5, 1.0, 300),
+        rng.standard_t(1.5, 300),
+        rng.uniform(0.0, 6.0, 300),  # post-ReLU6: rmin = 0
+        -rng.exponential(2.0, 300),  # all negative: zp anchored at 127
+        np.arange(-8, 9) / 16.0,  # binary fractions: many exact ties after scaling
+    ]
+    for row in rows:
+        row = row.astype(np.float32)
+        acc = GridCoverageAccumulator(None, mode="dynamic", symmetric=symmetric)
+        acc.update(row[None])
+        levels = _tflite_row_levels(row, symmetric)
+        result = acc.result()
+        assert result.levels_histogram[len(levels)] == 1
+        assert result.median_span == (max(levels) - min(levels) + 1) / result.grid_size
+
+
 def test_dynamic_mode_equals_static_with_each_samples_own_parameters():
     rng = np.random.default_rng(1)
     x = rng.standard_t(2, (12, 300)).astype(np.float32)
@@ -171,6 +218,17 @@ def test_memory_does_not_grow_with_the_stream():
     assert {k: v.shape for k, v in vars(acc).items() if isinstance(v, np.ndarray)} == shapes
     assert len(pickle.dumps(acc.levels_histogram)) + len(pickle.dumps(acc.span_histogram)) == size
     assert acc.result().num_samples == 404
+
+
+@pytest.mark.parametrize("mode, scale", [("static", 0.02), ("dynamic", None)])
+def test_update_allocates_no_copy_of_the_batch(mode, scale):
+    x = np.random.default_rng(6).normal(size=(8, 512, 512)).astype(np.float32)  # 8 MiB
+    acc = GridCoverageAccumulator(scale, mode=mode)
+    tracemalloc.start()
+    acc.update(x)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < x.nbytes / 4
 
 
 def test_empty_stream_and_json_round_trip():
