@@ -221,9 +221,10 @@ class _Run:
                 cls.update(fv[f_out].reshape(len(x), -1), qv[q_out].reshape(len(x), -1), y)
                 del fv, qv
                 step.advance(len(x))
-        if cls.result().num_samples == 0:
+        metrics = cls.result()
+        if metrics.num_samples == 0:
             raise DataError("no samples left to evaluate; give more data or a smaller --calib-count")
-        return {f: a.result() for f, a in accs.items()}, cls.result()
+        return {f: a.result() for f, a in accs.items()}, metrics
 
 
 def _calibration(calib_ds):

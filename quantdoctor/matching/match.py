@@ -81,7 +81,7 @@ def match_graphs(fg: Graph, qg: Graph) -> Matching:
                 take(f, q, MatchMethod.NAME)
                 break
 
-    _match_by_topology(fg, qg, f_acts, pairs, used_q, take)
+    _match_by_topology(fg, qg, f_acts, q_acts, pairs, used_q, take)
 
     unmatched = [
         Unmatched("float", fg.tensors[f].name, fg.producer_type(f), "no quantized tensor with this name, or op and shape")
@@ -106,7 +106,7 @@ def _position(g: Graph, t: int) -> int:
     return -1 if p is None else p
 
 
-def _match_by_topology(fg: Graph, qg: Graph, f_acts, pairs, used_q, take) -> None:
+def _match_by_topology(fg: Graph, qg: Graph, f_acts, q_acts, pairs, used_q, take) -> None:
     """Pair what is left by producing op type and shape when all the op's data inputs are already paired."""
     f_to_q = {p.float_index: p.quant_index for p in pairs.values()}
     for f in f_acts:
@@ -117,7 +117,7 @@ def _match_by_topology(fg: Graph, qg: Graph, f_acts, pairs, used_q, take) -> Non
         if not f_inputs or any(i not in f_to_q for i in f_inputs):
             continue
         q_inputs = {_through_conversions(qg, f_to_q[i]) for i in f_inputs}
-        for q in qg.activations():
+        for q in q_acts:
             if q in used_q or qg.tensors[q].producer is None:
                 continue
             qop = qg.op(qg.tensors[q].producer)

@@ -23,6 +23,7 @@ import numpy as np
 
 from quantdoctor.errors import DataError, UserInputError
 from quantdoctor.stats.accumulators import result_from_dict
+from quantdoctor.stats.grid import round_half_away
 from quantdoctor.stats.metrics import sqnr_db, sqnr_from_sums
 
 Granularity = Literal["per-tensor", "per-channel"]
@@ -96,7 +97,7 @@ def quantize_weights(
     else:
         raise UserInputError(f"unknown granularity '{granularity}'; use 'per-tensor' or 'per-channel'")
     scaled = w64 / expanded
-    rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+    rounded = round_half_away(scaled)  # overwrites `scaled`, a temporary
     dtype = np.int8 if bits <= 8 else np.int16 if bits <= 16 else np.int32
     return np.clip(rounded, -qmax, qmax).astype(dtype), scales
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from quantdoctor.errors import ModelLoadError, UserInputError
+from quantdoctor.stats.grid import round_half_away
 
 # Ops that call other subgraphs; cutting them out would need those subgraphs too.
 _SUBGRAPH_FIELDS = ("Subgraph", "subgraph")
@@ -345,7 +346,7 @@ def to_tensor_dtype(
         s, z = s.reshape(shape), z.reshape(shape)
     v = a.astype(np.float64) / s
     info = np.iinfo(dtype)
-    return np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5) + z, info.min, info.max).astype(dtype)
+    return np.clip(round_half_away(v) + z, info.min, info.max).astype(dtype)
 
 
 def _type_name(code: int) -> str:

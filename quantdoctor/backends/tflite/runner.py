@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from quantdoctor.backends.base import TensorSpec
+from quantdoctor.backends.tflite.extract import to_tensor_dtype
 from quantdoctor.backends.tflite.graph import Graph, graph_from_interpreter
 from quantdoctor.errors import ModelLoadError
 
@@ -89,10 +90,7 @@ class TfliteRunner:
         if dtype.kind == "f":
             return x.astype(dtype, copy=False)
         scale, zp = self._in["quantization"]
-        info = np.iinfo(dtype)
-        scaled = x / scale
-        q = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5) + zp  # TFLite rounds half away from zero
-        return np.clip(q, info.min, info.max).astype(dtype)
+        return to_tensor_dtype(x, dtype, np.array([scale]), np.array([zp]))
 
     def dequantized(self, index: int, n: int, copy: bool = True) -> np.ndarray:
         """The float32 value of one tensor from the last invoke (first n samples along a batch axis).
