@@ -25,6 +25,9 @@ class DiagnoseConfig:
         max_samples: evaluate at most this many samples (None: all).
         onset_drop_db: an op whose output SQNR is this much below its input's may be the error onset...
         onset_below_db: ...if its output SQNR is also below this.
+        explain: measure why (activation statistics, grid coverage, isolated/expected error per op, weights,
+            margins) and rank findings; False gives the where-only diagnosis, faster.
+        explain_samples: evaluated samples each op is run on alone for its isolated and expected error.
     """
 
     scheme: str | None = None
@@ -38,6 +41,8 @@ class DiagnoseConfig:
     max_samples: int | None = None
     onset_drop_db: float = 10.0
     onset_below_db: float = 20.0
+    explain: bool = True
+    explain_samples: int = 16
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -51,6 +56,8 @@ class DiagnoseConfig:
             raise UserInputError(f"--calib-count must be at least 1, got {self.calib_count}")
         if self.max_samples is not None and self.max_samples < 1:
             raise UserInputError(f"--max-samples must be at least 1, got {self.max_samples}")
+        if self.explain_samples < 1:
+            raise UserInputError(f"--explain-samples must be at least 1, got {self.explain_samples}")
         if self.resize not in ("crop", "stretch"):
             raise UserInputError(f"--resize must be 'crop' or 'stretch', got '{self.resize}'")
 

@@ -57,11 +57,19 @@ class IsolatedRunner:
     Args:
         quant_model: the quantized .tflite bytes.
         num_threads: threads per op interpreter; default all cores.
+        constants: per op index, float32 constants of the source model to replace in that op's extract (tensor index
+            → array), e.g. a float model's weights swapped for a quantized model's dequantized ones.
     """
 
-    def __init__(self, quant_model: bytes, num_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        quant_model: bytes,
+        num_threads: int | None = None,
+        constants: dict[int, dict[int, np.ndarray]] | None = None,
+    ) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         self.model = bytes(quant_model)
+        self.constants = constants or {}
         self._threads = num_threads or os.cpu_count() or 1
         self._ops: dict[int, _OpInterpreter] = {}
         self._io: dict[int, ExtractedIO] = {}
@@ -74,7 +82,7 @@ class IsolatedRunner:
 
     def _op(self, op_index: int) -> _OpInterpreter:
         if op_index not in self._ops:
-            extracted = extract_op(self.model, op_index)
+            extracted = extract_op(self.model, op_index, self.constants.get(op_index))
             try:
                 self._ops[op_index] = _OpInterpreter(extracted, self._threads)
             except (ValueError, RuntimeError) as exc:

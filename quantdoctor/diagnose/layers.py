@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import numpy as np
 
 from quantdoctor.backends.tflite.graph import WEIGHTED_OPS, Graph
 from quantdoctor.diagnose.results import Coverage, LayerResult, TensorError
 from quantdoctor.matching.keras_names import LayerLabel
 from quantdoctor.matching.match import Matching, _through_conversions
+from quantdoctor.stats.weights import WeightReport
 
 _INTEGER = ("int8", "uint8", "int16", "int32")
 
@@ -24,8 +28,18 @@ def build_layers(
     matching: Matching,
     errors: dict[int, TensorError],
     labels: dict[int, LayerLabel],
+    evidence: dict[int, Any] | None = None,
+    weight_reports: dict[int, WeightReport] | None = None,
 ) -> tuple[LayerResult, ...]:
-    """One LayerResult per matched pair, in the quantized graph's execution order (graph inputs first)."""
+    """One LayerResult per matched pair, in the quantized graph's execution order (graph inputs first).
+
+    `evidence` (float tensor → `probes.Evidence`) and `weight_reports` (quantized op index → WeightReport) add what
+    the explain probes measured. `output_error_share` = the op's noise added (increase of the noise-to-signal ratio from
+    its worst input to its output) over the sum of all ops' positive noise added: an additive first-order split of the
+    output's error among the ops that built it up.
+    """
+    evidence = evidence or {}
+    weight_reports = weight_reports or {}
     dynamic = is_dynamic_range(qg)
     q_to_f = {p.quant_index: p.float_index for p in matching.pairs}
     results = []
@@ -51,6 +65,7 @@ def build_layers(
         if qt.quant is not None and qt.dtype in _INTEGER:
             rmse_over_scale = err.rmse / float(np.mean(qt.quant.scales))
         label = labels.get(f)
+        ev = evidence.get(f)
         results.append(
             LayerResult(
                 position=-1 if producer is None else producer.index,
@@ -66,9 +81,30 @@ def build_layers(
                 input_tensors=tuple(fg.tensors[i].name for i in inputs),
                 input_sqnr_db=_input_sqnr(in_sqnr, producer is None),
                 rmse_over_scale=rmse_over_scale,
+                isolated=ev.isolated if ev else None,
+                expected=ev.expected if ev else None,
+                float_stats=ev.float_stats if ev else None,
+                quant_stats=ev.quant_stats if ev else None,
+                grid=ev.grid if ev else None,
+                grid_mode=ev.grid_mode if ev else None,
+                weight_report=None if producer is None else weight_reports.get(producer.index),
             )
         )
-    return tuple(sorted(results, key=lambda r: r.position))
+    return _with_shares(sorted(results, key=lambda r: r.position))
+
+
+def _with_shares(layers: list[LayerResult]) -> tuple[LayerResult, ...]:
+    def nsr(db: float) -> float:  # clipped to ±60 dB so an exact (+inf) or destroyed (−inf) tensor stays finite
+        return 0.0 if np.isnan(db) else 10.0 ** (-min(max(db, -60.0), 60.0) / 10.0)
+
+    added = [
+        nsr(l.accumulated.sqnr_db) - nsr(l.input_sqnr_db) if l.input_sqnr_db is not None else 0.0 for l in layers
+    ]
+    positive = [max(a, 0.0) for a in added]
+    total = sum(positive)
+    if total <= 0:
+        return tuple(layers)
+    return tuple(replace(l, output_error_share=p / total) for l, p in zip(layers, positive))
 
 
 def _input_sqnr(value: float | None, is_graph_input: bool) -> float | None:

@@ -92,9 +92,12 @@ class _Run:
         fg, qg = float_runner.graph, quant_runner.graph
         matching = match_graphs(fg, qg)
         labels = self._labels(fg, keras_model, layer_infos)
-        errors, model_metrics = self._passes(eval_ds, float_runner, quant_runner, matching, num_classes)
+        probes = self._probes(float_bytes, quant_bytes, fg, qg, matching, quant_runner) if cfg.explain else None
+        errors, model_metrics, margins = self._passes(eval_ds, float_runner, quant_runner, matching, num_classes, probes)
+        weight_reports = self._weights(float_bytes, quant_bytes) if cfg.explain else {}
 
-        layers = build_layers(fg, qg, matching, errors, labels)
+        evidence = probes.results() if probes is not None else None
+        layers = build_layers(fg, qg, matching, errors, labels, evidence, weight_reports)
         keras_weighted = None if layer_infos is None else {l.name for l in layer_infos if l.has_weights}
         cov = coverage(layers, matching, fg, keras_weighted)
         onset = find_onset(layers, cfg.onset_drop_db, cfg.onset_below_db)
@@ -110,7 +113,28 @@ class _Run:
             batch_size=cfg.batch_size,
             seconds={k: round(v, 3) for k, v in self.prog.seconds.items()},
         )
-        return Diagnosis(run, model_metrics, layers, matching.unmatched, cov, onset)
+        diagnosis = Diagnosis(run, model_metrics, layers, matching.unmatched, cov, onset, margins)
+        if cfg.explain:
+            from quantdoctor.diagnose.findings import find_all
+
+            diagnosis = replace(diagnosis, findings=find_all(diagnosis, qg))
+        return diagnosis
+
+    def _probes(self, float_bytes, quant_bytes, fg, qg, matching, quant_runner):
+        from quantdoctor.diagnose.layers import is_dynamic_range
+        from quantdoctor.diagnose.probes import Probes
+
+        with self.prog.step("plan_probes", "cutting out each op"):
+            return Probes(
+                float_bytes, quant_bytes, fg, qg, matching, is_dynamic_range(qg), self.cfg.explain_samples,
+                quant_runner._interp,
+            )
+
+    def _weights(self, float_bytes, quant_bytes):
+        from quantdoctor.diagnose.weights import analyze_weights
+
+        with self.prog.step("weights", "measuring the weights"):
+            return {r.op_index: r for r in analyze_weights(float_bytes, quant_bytes)}
 
     def _load_keras(self, source):
         if source.kind != "keras":
@@ -200,31 +224,41 @@ class _Run:
         tensors = {t: (fg.tensors[t].name, fg.tensors[t].shape[1:]) for t in fg.activations()}
         return labeler.label_all(tensors, fg.outputs)
 
-    def _passes(self, eval_ds, float_runner, quant_runner, matching, num_classes):
+    def _passes(self, eval_ds, float_runner, quant_runner, matching, num_classes, probes=None):
         from quantdoctor.stats.accumulators import ErrorAccumulator
         from quantdoctor.stats.classification import ClassificationAccumulator
+        from quantdoctor.stats.margins import MarginAccumulator
 
         f_ids = [p.float_index for p in matching.pairs]
+        if probes is not None:
+            f_ids += sorted(probes.float_ids - set(f_ids))
+        matched = [p.float_index for p in matching.pairs]
         q_ids = [p.quant_index for p in matching.pairs]
         f_out, q_out = float_runner.graph.outputs[0], quant_runner.graph.outputs[0]
-        accs = {f: ErrorAccumulator() for f in f_ids}
+        accs = {f: ErrorAccumulator() for f in matched}
         cls = ClassificationAccumulator(num_classes, k=self.cfg.top_k)
+        margins = MarginAccumulator(k=self.cfg.top_k) if num_classes > 1 else None
         labels = eval_ds.labels
         with self.prog.step("passes", "float + quantized passes", total=len(eval_ds)) as step:
             for x, idx in eval_ds.batches(self.cfg.batch_size):
                 # Views into the interpreters' buffers (no copies); dropped before the next batch runs.
                 fv = float_runner.capture(x, f_ids + [f_out], copy=False)
                 qv = quant_runner.capture(x, q_ids + [q_out], copy=False)
-                for f, q in zip(f_ids, q_ids):
+                for f, q in zip(matched, q_ids):
                     accs[f].update(fv[f], qv[q])
+                if probes is not None:
+                    probes.update(fv, qv)
                 y = None if labels is None else labels[idx]
-                cls.update(fv[f_out].reshape(len(x), -1), qv[q_out].reshape(len(x), -1), y)
-                del fv, qv
+                f_logits, q_logits = fv[f_out].reshape(len(x), -1), qv[q_out].reshape(len(x), -1)
+                cls.update(f_logits, q_logits, y)
+                if margins is not None:
+                    margins.update(f_logits, q_logits)
+                del fv, qv, f_logits, q_logits
                 step.advance(len(x))
         metrics = cls.result()
         if metrics.num_samples == 0:
             raise DataError("no samples left to evaluate; give more data or a smaller --calib-count")
-        return {f: a.result() for f, a in accs.items()}, metrics
+        return {f: a.result() for f, a in accs.items()}, metrics, None if margins is None else margins.result()
 
 
 def _calibration(calib_ds):

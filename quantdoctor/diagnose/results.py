@@ -10,11 +10,15 @@ from typing import Any
 
 # One definition each: the accumulators produce these, the report carries them.
 from quantdoctor.stats.accumulators import TensorError
+from quantdoctor.stats.activations import ActivationStats
 from quantdoctor.stats.classification import ClassLoss, ModelMetrics
+from quantdoctor.stats.grid import GridCoverage
+from quantdoctor.stats.margins import OutputMargins
+from quantdoctor.stats.weights import WeightReport
 
 __all__ = ["ClassLoss", "ModelMetrics", "TensorError"]  # re-exported for the report's users
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SQNR_CAP_DB = 60.0
 
 
@@ -86,7 +90,14 @@ class LayerResult:
     input_tensors: tuple[str, ...]  # float names of the activation inputs
     input_sqnr_db: float | None  # SQNR of the worst activation input (None: no matched input)
     rmse_over_scale: float | None  # accumulated RMSE in units of the quantization step
-    isolated: TensorError | None = None  # the op's own error given the same input (added by the explain issue)
+    isolated: TensorError | None = None  # the op's own error: the quantized op alone on the float model's input
+    expected: TensorError | None = None  # the error its quantization parameters predict (see diagnose/probes.py)
+    float_stats: ActivationStats | None = None  # the float activation, with the quantized grid's clipping/zero shares
+    quant_stats: ActivationStats | None = None  # the quantized activation (dequantized)
+    grid: GridCoverage | None = None  # levels one sample occupies on the quantized grid
+    grid_mode: str | None = None  # "static" (the tensor's scale) or "dynamic" (per sample, as hybrid kernels do)
+    weight_report: WeightReport | None = None  # the op's weights as the converter quantized them
+    output_error_share: float | None = None  # share of the output's noise built up at this op (see build_layers)
 
     @property
     def label(self) -> str:
@@ -102,6 +113,13 @@ class LayerResult:
         if self.input_sqnr_db is None:
             return None
         return _capped(self.input_sqnr_db) - _capped(self.accumulated.sqnr_db)
+
+    @property
+    def excess_db(self) -> float | None:
+        """How much worse the runtime is than the op's parameters predict: expected SQNR − isolated SQNR (capped)."""
+        if self.isolated is None or self.expected is None:
+            return None
+        return _capped(self.expected.sqnr_db) - _capped(self.isolated.sqnr_db)
 
     @property
     def noise_added(self) -> float:
@@ -121,6 +139,14 @@ class LayerResult:
             "match": self.match.value,
             "accumulated": self.accumulated.to_dict(),
             "isolated": self.isolated.to_dict() if self.isolated else None,
+            "expected": self.expected.to_dict() if self.expected else None,
+            "excess_db": _json_number(self.excess_db),
+            "float_stats": self.float_stats.to_dict() if self.float_stats else None,
+            "quant_stats": self.quant_stats.to_dict() if self.quant_stats else None,
+            "grid": self.grid.to_dict() if self.grid else None,
+            "grid_mode": self.grid_mode,
+            "weight_report": self.weight_report.to_dict() if self.weight_report else None,
+            "output_error_share": _json_number(self.output_error_share),
             "quant": self.quant.to_dict() if self.quant else None,
             "weights": self.weights.to_dict() if self.weights else None,
             "input_tensors": list(self.input_tensors),
@@ -211,7 +237,12 @@ class Diagnosis:
     unmatched: tuple[Unmatched, ...]
     coverage: Coverage
     onset: Onset | None
+    margins: OutputMargins | None = None
+    findings: tuple[Any, ...] = ()  # diagnose.findings.Finding, ranked (most important first)
     schema_version: str = SCHEMA_VERSION
+
+    def layer_at(self, position: int) -> LayerResult | None:
+        return next((l for l in self.layers if l.position == position), None)
 
     def worst_layers(self, n: int = 10) -> list[LayerResult]:
         """Layers with the largest SQNR drop from input to output (see `LayerResult.sqnr_drop_db`)."""
@@ -230,6 +261,8 @@ class Diagnosis:
             "coverage": self.coverage.to_dict(),
             "onset": self.onset.to_dict() if self.onset else None,
             "worst_layers": [l.position for l in self.worst_layers()],
+            "margins": self.margins.to_dict() if self.margins else None,
+            "findings": [f.to_dict() for f in self.findings],
             "layers": [l.to_dict() for l in self.layers],
             "unmatched": [u.to_dict() for u in self.unmatched],
         }

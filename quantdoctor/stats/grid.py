@@ -124,11 +124,15 @@ def dynamic_quantizer(symmetric: bool) -> Quantizer:
     return prepare
 
 
-def sample_levels(x: np.ndarray, quantizer: Quantizer, qmin: int, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+def sample_levels(
+    x: np.ndarray, quantizer: Quantizer, qmin: int, qmax: int, occupancy: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample distinct-level counts and spans (max_level − min_level + 1; 0 for a sample without values).
 
+    `occupancy` (qmax − qmin + 1 counters), when given, is incremented by the number of values on each level.
+
     Vectorised: the levels of a group of rows are offset by row·(qmax − qmin + 2) and counted in one pass
-    (np.add.at into a fixed counts array); one extra column per row takes the NaNs.
+    (np.bincount into a fixed counts array); one extra column per row takes the NaNs.
     """
     rows = _rows(x)
     n, width = rows.shape
@@ -154,8 +158,11 @@ def sample_levels(x: np.ndarray, quantizer: Quantizer, qmin: int, qmax: int) -> 
             np.copyto(q, qmax + 1, where=np.isnan(q))  # clip keeps NaN; send it to the spare column
             q += offsets
             np.copyto(index[:m], q.reshape(-1), casting="unsafe")
-            np.add.at(counts, index[:m], 1)
-        present = counts.reshape(g, stride)[:, :size] > 0
+            counts += np.bincount(index[:m], minlength=counts.size)
+        by_row = counts.reshape(g, stride)[:, :size]
+        if occupancy is not None:
+            occupancy += by_row.sum(axis=0)
+        present = by_row > 0
         first = present.argmax(axis=1)
         last = size - 1 - present[:, ::-1].argmax(axis=1)
         distinct[start : start + g] = present.sum(axis=1)
@@ -207,7 +214,9 @@ class GridCoverage:
     of the grid its levels span, (max_level − min_level + 1) / grid_size. Percentiles follow np.percentile (linear)
     over the per-sample values, exactly. `levels_histogram[k]` = samples occupying k levels (k = 0..grid_size);
     `few_levels_share` = share of samples on ≤ `few` levels. `grid_size` is qmax − qmin + 1 (255 for the symmetric
-    dynamic variant, whose levels are −127..127). Floats are nan when no sample was seen.
+    dynamic variant, whose levels are −127..127). Floats are nan when no sample was seen. `occupancy[i]` counts the
+    values on level `qmin + i` over all samples, `first_sample_occupancy` those of the first sample (empty if none):
+    the whole-data and one-sample distributions on the grid, for the report's histogram.
     """
 
     num_samples: int
@@ -220,6 +229,9 @@ class GridCoverage:
     few: int
     few_levels_share: float
     levels_histogram: tuple[int, ...]
+    qmin: int = -128
+    occupancy: tuple[int, ...] = ()
+    first_sample_occupancy: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -227,8 +239,9 @@ class GridCoverage:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GridCoverage:
         data = dict(data)
-        if "levels_histogram" in data:
-            data["levels_histogram"] = tuple(data["levels_histogram"])
+        for key in ("levels_histogram", "occupancy", "first_sample_occupancy"):
+            if key in data:
+                data[key] = tuple(data[key])
         return result_from_dict(cls, data)
 
 
@@ -282,6 +295,8 @@ class GridCoverageAccumulator:
         size = self.qmax - self.qmin + 1
         self.levels_histogram = np.zeros(size + 1, np.int64)  # index = distinct levels of a sample
         self.span_histogram = np.zeros(size + 1, np.int64)  # index = max_level − min_level + 1
+        self.occupancy = np.zeros(size, np.int64)  # values on each level (level qmin + i), over all samples
+        self.first_sample: np.ndarray | None = None  # the same for the first sample seen (the report's "one sample")
 
     def update(self, batch: np.ndarray) -> None:
         """Fold in one batch whose first axis indexes samples.
@@ -289,7 +304,10 @@ class GridCoverageAccumulator:
         Raises:
             DataError: a scalar (no sample axis).
         """
-        distinct, span = sample_levels(batch, self.quantizer, self.qmin, self.qmax)
+        distinct, span = sample_levels(batch, self.quantizer, self.qmin, self.qmax, self.occupancy)
+        if self.first_sample is None and len(distinct):
+            self.first_sample = np.zeros_like(self.occupancy)
+            sample_levels(batch[:1], self.quantizer, self.qmin, self.qmax, self.first_sample)
         self.levels_histogram += np.bincount(distinct, minlength=self.levels_histogram.size)
         self.span_histogram += np.bincount(span, minlength=self.span_histogram.size)
 
@@ -306,6 +324,8 @@ class GridCoverageAccumulator:
         merged = GridCoverageAccumulator(*self.settings)
         merged.levels_histogram = self.levels_histogram + other.levels_histogram
         merged.span_histogram = self.span_histogram + other.span_histogram
+        merged.occupancy = self.occupancy + other.occupancy
+        merged.first_sample = self.first_sample if self.first_sample is not None else other.first_sample
         return merged
 
     def result(self) -> GridCoverage:
@@ -323,6 +343,9 @@ class GridCoverageAccumulator:
             few=self.few,
             few_levels_share=int(self.levels_histogram[: self.few + 1].sum()) / n if n else math.nan,
             levels_histogram=tuple(int(c) for c in self.levels_histogram),
+            qmin=self.qmin,
+            occupancy=tuple(int(c) for c in self.occupancy),
+            first_sample_occupancy=tuple(int(c) for c in (self.first_sample if self.first_sample is not None else ())),
         )
 
 

@@ -264,3 +264,16 @@ def test_bad_settings_raise_user_input_error(args, kwargs):
 def test_scalar_batch_raises_data_error():
     with pytest.raises(DataError, match="scalar"):
         GridCoverageAccumulator(0.1).update(np.float32(1.0))
+
+
+def test_occupancy_counts_values_per_level_and_keeps_the_first_sample():
+    acc = GridCoverageAccumulator(scale=0.1, zero_point=0, qmin=-128, qmax=127)
+    acc.update(np.array([[0.0, 0.1, 0.1, 0.2], [0.0, 0.0, 5.0, 5.0]], np.float32))
+    acc.update(np.array([[0.3, 0.3, 0.3, 0.3]], np.float32))
+    r = acc.result()
+    occ = dict((r.qmin + i, c) for i, c in enumerate(r.occupancy) if c)
+    assert occ == {0: 3, 1: 2, 2: 1, 3: 4, 50: 2}
+    first = dict((r.qmin + i, c) for i, c in enumerate(r.first_sample_occupancy) if c)
+    assert first == {0: 1, 1: 2, 2: 1}
+    merged = GridCoverageAccumulator(0.1).merge(acc).result()
+    assert merged.occupancy == r.occupancy and merged.first_sample_occupancy == r.first_sample_occupancy

@@ -149,10 +149,14 @@ def _refuse_subgraph_calls(m: Any, op: Any, index: int) -> None:
             raise UserInputError(f"op {index} ({name}) calls other subgraphs and cannot be cut out on its own")
 
 
-def extract_ops(model: bytes, op_indices: Sequence[int]) -> bytes:
+def extract_ops(
+    model: bytes, op_indices: Sequence[int], constants: dict[int, np.ndarray] | None = None
+) -> bytes:
     """A standalone .tflite holding ops `op_indices` of the primary subgraph (see `plan` for what else it keeps).
 
-    Constants keep their data and quantization parameters; only the buffers they use are copied. Activation tensors keep
+    Constants keep their data and quantization parameters; only the buffers they use are copied. `constants` replaces
+    the data of float32 constant tensors (source index → array of the same shape), e.g. with the dequantized weights of
+    a quantized model to simulate what its parameters predict. Activation tensors keep
     their shape signature, so a batch dimension that was dynamic (-1) stays resizable. Metadata is dropped and one
     signature (`serving_default`, inputs `input_<k>`, outputs `output_<k>`) is rebuilt.
 
@@ -183,7 +187,10 @@ def extract_ops(model: bytes, op_indices: Sequence[int]) -> bytes:
                 raise UserInputError(f"tensor {t} lives in an external buffer; such models cannot be extracted yet")
             new = copy.copy(src)
             new.buffer = 0
-            if _has_data(m, src):
+            if constants is not None and t in constants:
+                buffers.append(_AlignedBuffer(_constant_bytes(src, constants[t], t)))
+                new.buffer = len(buffers) - 1
+            elif _has_data(m, src):
                 if src.buffer not in buffer_map:
                     buffers.append(_AlignedBuffer(_buffer_bytes(data, m.buffers[src.buffer])))
                     buffer_map[src.buffer] = len(buffers) - 1
@@ -232,9 +239,19 @@ def extract_ops(model: bytes, op_indices: Sequence[int]) -> bytes:
     return bytes(builder.Output())
 
 
-def extract_op(model: bytes, op_index: int) -> bytes:
+def extract_op(model: bytes, op_index: int, constants: dict[int, np.ndarray] | None = None) -> bytes:
     """A standalone .tflite holding op `op_index` (plus the DEQUANTIZE ops that unpack its constant weights, if any)."""
-    return extract_ops(model, [op_index])
+    return extract_ops(model, [op_index], constants)
+
+
+def _constant_bytes(tensor: Any, array: np.ndarray, index: int) -> bytes:
+    shape = tuple(int(n) for n in (tensor.shape if tensor.shape is not None else ()))
+    if _type_name(tensor.type) != "FLOAT32" or tuple(np.shape(array)) != shape:
+        raise UserInputError(
+            f"tensor {index} is {_type_name(tensor.type)} {shape}; a replacement must be float32 of that shape, "
+            f"got {np.asarray(array).dtype} {np.shape(array)}"
+        )
+    return np.ascontiguousarray(array, dtype="<f4").tobytes()
 
 
 def _buffer_bytes(data: bytes, buf: Any) -> bytes:

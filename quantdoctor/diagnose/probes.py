@@ -1,0 +1,237 @@
+"""What the explain step measures during the passes, besides the accumulated error: per matched tensor the activation
+statistics (float and quantized), the per-sample grid coverage, and per quantized op its own (isolated) error and the
+error its quantization parameters predict (expected).
+
+Isolated: the quantized op, cut out of the quantized model, runs on the float model's input activations (quantized as
+the op's input tensor stores them); its output against the float model's output is the error that op adds by itself.
+
+Expected: the same op of the *float* model, with its weights replaced by the quantized model's dequantized weights, runs
+on the float input after the activation quantization the scheme implies (the input tensor's scale for integer ops; for
+dynamic-range ops each sample quantized to int8 with its own parameters, as the hybrid kernels do), and its output is
+rounded to the output tensor's grid for integer ops. What is left between isolated and expected is what the kernel
+computes beyond what its parameters say: a large excess is a converter or kernel defect, not quantization noise.
+
+Both are measured on the first `explain_samples` evaluated samples (each op runs alone, twice): enough to estimate a
+tensor's SQNR to about a dB (a tensor holds thousands of values per sample), and it keeps the explain step's cost bounded on large data sets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantdoctor.backends.tflite.graph import CONVERSION_OPS, WEIGHTED_OPS, Graph
+from quantdoctor.matching.match import Matching, _through_conversions
+from quantdoctor.stats.accumulators import ErrorAccumulator, TensorError
+from quantdoctor.stats.activations import ActivationAccumulator, ActivationStats
+from quantdoctor.stats.grid import GridCoverage, GridCoverageAccumulator, _dynamic_rows, round_half_away
+
+_INTEGER = ("int8", "uint8", "int16")
+_QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the probes measured for one matched tensor pair (keyed by the float tensor index)."""
+
+    float_stats: ActivationStats | None = None
+    quant_stats: ActivationStats | None = None
+    grid: GridCoverage | None = None
+    grid_mode: str | None = None  # "static" (the tensor's own scale) or "dynamic" (per sample, hybrid kernels)
+    isolated: TensorError | None = None
+    expected: TensorError | None = None
+    skipped: str = ""  # why isolated/expected were not measured
+
+
+@dataclass
+class _OpProbe:
+    q_op: int
+    f_op: int
+    f_out: int
+    q_inputs: tuple[int, ...]  # float tensors feeding the quantized extract, in its input order
+    f_inputs: tuple[int, ...]  # float tensors feeding the float extract, in its input order
+    f_modes: tuple[tuple, ...]  # how each float extract input is quantized: ("none",), ("static", s, zp, dtype), ("dynamic",)
+    out_mode: tuple
+    isolated: ErrorAccumulator
+    expected: ErrorAccumulator
+
+
+class Probes:
+    """Accumulates the explain measurements batch by batch, in memory that does not grow with the data."""
+
+    def __init__(
+        self,
+        float_model: bytes,
+        quant_model: bytes,
+        fg: Graph,
+        qg: Graph,
+        matching: Matching,
+        dynamic: bool,
+        explain_samples: int,
+        quant_interpreter=None,
+    ) -> None:
+        from quantdoctor.diagnose.isolated import IsolatedRunner
+
+        self.fg, self.qg, self.dynamic = fg, qg, dynamic
+        self.explain_samples = explain_samples
+        self.seen = 0
+        self.q_to_f = {p.quant_index: p.float_index for p in matching.pairs}
+        self.f_to_q = {p.float_index: p.quant_index for p in matching.pairs}
+        hybrid_inputs = _hybrid_inputs(qg) if dynamic else set()
+        self.acts: dict[int, tuple[ActivationAccumulator, ActivationAccumulator, GridCoverageAccumulator | None]] = {}
+        self.grid_modes: dict[int, str] = {}
+        for pair in matching.pairs:
+            qt = qg.tensors[_through_conversions(qg, pair.quant_index)]
+            grid, qrange, step = None, None, None
+            if qt.dtype in _INTEGER and qt.quant is not None and len(qt.quant.scales) == 1:
+                lo, hi = _QRANGE[qt.dtype]
+                scale, zp = qt.quant.scales[0], int(qt.quant.zero_points[0]) if qt.quant.zero_points else 0
+                qrange, step = (scale * (lo - zp), scale * (hi - zp)), scale
+                grid = GridCoverageAccumulator(scale, zp, lo, hi)
+                self.grid_modes[pair.float_index] = "static"
+            elif pair.quant_index in hybrid_inputs or qt.index in hybrid_inputs:
+                grid = GridCoverageAccumulator(None, mode="dynamic")
+                self.grid_modes[pair.float_index] = "dynamic"
+            self.acts[pair.float_index] = (ActivationAccumulator(qrange=qrange, step=step), ActivationAccumulator(), grid)
+        self.skipped: dict[int, str] = {}
+        self.ops = self._plan_ops(float_model, quant_model, matching)
+        constants = self._dequantized_weights(quant_interpreter) if quant_interpreter is not None else {}
+        self.quant_ops = IsolatedRunner(quant_model)
+        self.float_ops = IsolatedRunner(float_model, constants=constants)
+
+    @property
+    def float_ids(self) -> set[int]:
+        """Float tensors the probes read each batch (beyond the matched ones the pipeline captures anyway)."""
+        return {t for p in self.ops for t in (*p.q_inputs, *p.f_inputs, p.f_out)}
+
+    def update(self, fv: dict[int, np.ndarray], qv: dict[int, np.ndarray]) -> None:
+        """Fold in one batch: fv/qv map float/quantized tensor indices to their float32 values."""
+        for f, (f_acc, q_acc, grid) in self.acts.items():
+            q = self.f_to_q[f]
+            f_acc.update(fv[f])
+            q_acc.update(qv[q])
+            if grid is not None:
+                grid.update(qv[q])
+        take = min(self.explain_samples - self.seen, len(next(iter(fv.values()))) if fv else 0)
+        if take > 0:
+            for p in self.ops:
+                self._isolate(p, fv, take)
+            self.seen += take
+
+    def _isolate(self, p: _OpProbe, fv: dict[int, np.ndarray], n: int) -> None:
+        ref = fv[p.f_out][:n]
+        observed = self.quant_ops.run(p.q_op, [fv[t][:n] for t in p.q_inputs])
+        p.isolated.update(ref, observed.reshape(ref.shape))
+        inputs = [_fake_quant(fv[t][:n], mode) for t, mode in zip(p.f_inputs, p.f_modes)]
+        simulated = _fake_quant(self.float_ops.run(p.f_op, inputs), p.out_mode)
+        p.expected.update(ref, simulated.reshape(ref.shape))
+
+    def results(self) -> dict[int, Evidence]:
+        """Evidence per float tensor index."""
+        by_out = {p.f_out: p for p in self.ops}
+        out = {}
+        for f, (f_acc, q_acc, grid) in self.acts.items():
+            p = by_out.get(f)
+            out[f] = Evidence(
+                float_stats=f_acc.result(),
+                quant_stats=q_acc.result(),
+                grid=None if grid is None else grid.result(),
+                grid_mode=self.grid_modes.get(f),
+                isolated=None if p is None or self.seen == 0 else p.isolated.result(),
+                expected=None if p is None or self.seen == 0 else p.expected.result(),
+                skipped=self.skipped.get(f, ""),
+            )
+        return out
+
+    # -- planning ------------------------------------------------------------------------------------------------
+    def _plan_ops(self, float_model: bytes, quant_model: bytes, matching: Matching) -> list[_OpProbe]:
+        from quantdoctor.backends.tflite.extract import plan
+
+        fg, qg = self.fg, self.qg
+        probes = []
+        for pair in matching.pairs:
+            q_t = _through_conversions(qg, pair.quant_index)
+            q_prod, f_prod = qg.tensors[q_t].producer, fg.tensors[pair.float_index].producer
+            if q_prod is None or f_prod is None:
+                continue
+            q_op, f_op = qg.op(q_prod), fg.op(f_prod)
+            if q_op.type in CONVERSION_OPS or q_op.type != f_op.type:
+                self.skipped[pair.float_index] = f"the quantized op ({q_op.type}) is not the float op ({f_op.type})"
+                continue
+            q_io, f_io = plan(quant_model, [q_op.index]), plan(float_model, [f_op.index])
+            q_inputs = [self.q_to_f.get(_through_conversions(qg, t)) for t in q_io.inputs]
+            if any(t is None for t in q_inputs) or any(t not in self.f_to_q for t in f_io.inputs):
+                self.skipped[pair.float_index] = "an input of the op has no float/quantized counterpart"
+                continue
+            hybrid = _is_hybrid(qg, q_op)
+            f_modes = tuple(self._input_mode(t, q_io.inputs, hybrid) for t in f_io.inputs)
+            qt = qg.tensors[q_t]
+            out_mode = _static_mode(qt) if qt.dtype in _INTEGER else ("none",)
+            probes.append(
+                _OpProbe(q_op.index, f_op.index, pair.float_index, tuple(q_inputs), tuple(f_io.inputs), f_modes,
+                         out_mode, ErrorAccumulator(), ErrorAccumulator())
+            )
+        return probes
+
+    def _input_mode(self, f_in: int, q_reads: tuple[int, ...], hybrid: bool) -> tuple:
+        """How the quantized op sees float input `f_in`: through its integer input tensor, per sample, or as is."""
+        target = self.f_to_q[f_in]
+        for t in q_reads:
+            if _through_conversions(self.qg, t) == _through_conversions(self.qg, target):
+                tensor = self.qg.tensors[t]
+                if tensor.dtype in _INTEGER and tensor.quant is not None:
+                    return _static_mode(tensor)
+        return ("dynamic",) if hybrid else ("none",)
+
+    def _dequantized_weights(self, quant_interpreter) -> dict[int, dict[int, np.ndarray]]:
+        """For each probed weighted op: its float weight tensor → the quantized model's dequantized weights."""
+        from quantdoctor.diagnose.weights import _read_weights, _stored_tensor
+
+        out: dict[int, dict[int, np.ndarray]] = {}
+        for p in self.ops:
+            q_op, f_op = self.qg.op(p.q_op), self.fg.op(p.f_op)
+            if q_op.type not in WEIGHTED_OPS or len(f_op.inputs) < 2:
+                continue
+            f_w, q_w = _stored_tensor(self.fg, f_op), _stored_tensor(self.qg, q_op)
+            if f_w is None or q_w is None or f_w.dtype != "float32" or q_w.dtype not in ("int8", "uint8", "int16"):
+                continue
+            weights = _read_weights(quant_interpreter, self.qg, q_op)
+            if weights is not None and weights.actual.shape == tuple(f_w.shape):
+                out[f_op.index] = {f_w.index: weights.actual.astype(np.float32)}
+        return out
+
+
+def _hybrid_inputs(qg: Graph) -> set[int]:
+    """Float activations that dynamic-range (hybrid) ops quantize on the fly."""
+    return {t for op in qg.ops if _is_hybrid(qg, op) for t in qg.activation_inputs(op)}
+
+
+def _is_hybrid(qg: Graph, op) -> bool:
+    if op.type not in WEIGHTED_OPS or len(op.inputs) < 2 or op.inputs[1] < 0:
+        return False
+    w, x = qg.tensors[op.inputs[1]], qg.tensors[op.inputs[0]]
+    return w.dtype in ("int8", "uint8", "int4") and x.dtype == "float32"
+
+
+def _static_mode(tensor) -> tuple:
+    q = tensor.quant
+    if q is None or len(q.scales) != 1:
+        return ("none",)
+    return ("static", float(q.scales[0]), int(q.zero_points[0]) if q.zero_points else 0, tensor.dtype)
+
+
+def _fake_quant(x: np.ndarray, mode: tuple) -> np.ndarray:
+    """x rounded to the grid `mode` describes and back to float (see the module docstring)."""
+    from quantdoctor.backends.tflite.extract import to_tensor_dtype
+
+    if mode[0] == "static":
+        _, scale, zp, dtype = mode
+        q = to_tensor_dtype(x, np.dtype(dtype), np.array([scale]), np.array([zp]))
+        return ((q.astype(np.float32) - np.float32(zp)) * np.float32(scale)).astype(np.float32)
+    if mode[0] == "dynamic":
+        rows = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
+        scale, zp, inverse = _dynamic_rows(rows, symmetric=False)
+        q = np.clip(round_half_away(rows * inverse[:, None] + zp[:, None].astype(np.float32)), -128, 127)
+        return ((q - zp[:, None]) * scale[:, None]).astype(np.float32).reshape(x.shape)
+    return np.asarray(x, dtype=np.float32)
