@@ -46,7 +46,7 @@ DESTROYED_DB = 10.0  # an isolated SQNR below this means the op's output is most
 RANGE_RATIO = 10.0
 GAIN_DB = 6.0
 OUTLIER_RATIO = 10.0
-CLIP_SHARE = 1e-3
+CLIP_SHARE = 0.01  # below this, a small calibration set's sampling explains the clipping
 FEW_LEVELS = 16
 CRUSHED_LEVELS = 64  # an outlier matters when it leaves a typical sample at most this many levels...
 LOSS = 0.05
@@ -242,22 +242,30 @@ def activation_outliers(ctx: Context) -> list[Finding]:
 
 @DETECTORS.register("calibration_clipping")
 def calibration_clipping(ctx: Context) -> list[Finding]:
-    out = []
-    for l in ctx.diagnosis.layers:
-        s = l.float_stats
-        if s is None or l.grid_mode != "static" or s.clipped_share is None or s.clipped_share < CLIP_SHARE:
-            continue
-        lo, hi = l.quant_stats.min if l.quant_stats else math.nan, l.quant_stats.max if l.quant_stats else math.nan
-        out.append(
-            _finding(
-                ctx,
-                "calibration_clipping",
-                [l],
-                {"clipped_share": s.clipped_share, "float_min": s.min, "float_max": s.max, "quant_min": lo, "quant_max": hi},
-                "calibrate on data like what the model sees (or widen this tensor's range)",
-            )
-        )
-    return out
+    """One finding for all clipped tensors, in graph order: a calibration mismatch starts at the first of them."""
+    clipped = [
+        l for l in ctx.diagnosis.layers
+        if l.float_stats is not None and l.grid_mode == "static" and (l.float_stats.clipped_share or 0.0) >= CLIP_SHARE
+    ]
+    if not clipped:
+        return []
+    first = clipped[0]
+    worst = max(clipped, key=lambda l: l.float_stats.clipped_share)
+    g = first.grid
+    lo, hi = g.scale * (g.qmin - g.zero_point), g.scale * (g.qmin + g.grid_size - 1 - g.zero_point)
+    evidence = {
+        "tensors": len(clipped),
+        "first_layer": first.label,
+        "clipped_share": first.float_stats.clipped_share,
+        "float_min": first.float_stats.min,
+        "float_max": first.float_stats.max,
+        "quant_min": lo,
+        "quant_max": hi,
+        "worst_layer": worst.label,
+        "worst_clipped_share": worst.float_stats.clipped_share,
+    }
+    return [_finding(ctx, "calibration_clipping", clipped, evidence,
+                     "calibrate on data like what the model sees (or widen the clipped ranges)")]
 
 
 @DETECTORS.register("low_grid_coverage")
@@ -288,14 +296,16 @@ def low_grid_coverage(ctx: Context) -> list[Finding]:
 
 @DETECTORS.register("output_margins")
 def output_margins(ctx: Context) -> list[Finding]:
+    """Flips the margin model explains, or margins below the output grid's step (which no noise model is needed for)."""
     m = ctx.diagnosis.margins
-    if m is None or m.num_samples == 0 or not m.observed_flip_rate or math.isnan(m.explained_share):
-        return []
-    if m.explained_share < 0.5 or m.observed_flip_rate < 0.01:
+    if m is None or m.num_samples == 0 or not m.observed_flip_rate or m.observed_flip_rate < 0.01:
         return []
     out_layer = ctx.diagnosis.layers[-1] if ctx.diagnosis.layers else None
     step = out_layer.quant.scales[0] if out_layer and out_layer.quant and len(out_layer.quant.scales) == 1 else math.nan
-    score = min(m.explained_share, 1.0)
+    below_step = share_below(m, step) if not math.isnan(step) else 0.0
+    explained = min(_num(m.explained_share), 1.0)
+    if explained < 0.5 and below_step < 0.5:
+        return []
     layers = [out_layer] if out_layer else []
     finding = _finding(
         ctx,
@@ -310,12 +320,26 @@ def output_margins(ctx: Context) -> list[Finding]:
             "observed_flip_rate": m.observed_flip_rate,
             "explained_share": m.explained_share,
             "output_step": step,
+            "share_below_step": below_step,
             "num_classes": m.num_classes,
         },
-        "reduce the noise at the logits (keep the head in float or int16) or train with a larger margin",
-        score=score,
+        "reduce the noise at the logits (keep the head in float or int16, float outputs) or train with a larger margin",
+        score=max(explained, below_step),
     )
     return [finding]
+
+
+def share_below(m, value: float) -> float:
+    """Share of samples whose float top-1 margin is below `value`, read off the margin histogram (linear in a bucket)."""
+    import numpy as np
+
+    edges, counts = np.asarray(m.bin_edges, dtype=np.float64), np.asarray(m.top1_counts, dtype=np.float64)
+    total = counts.sum()
+    if total == 0 or not value > 0:
+        return 0.0
+    upper = np.minimum(edges[1:], value)
+    covered = np.clip((upper - edges[:-1]) / np.maximum(edges[1:] - edges[:-1], 1e-300), 0.0, 1.0)
+    return float((counts * covered).sum() / total)
 
 
 @DETECTORS.register("float_ops")

@@ -117,7 +117,8 @@ class _Run:
         if cfg.explain:
             from quantdoctor.diagnose.findings import find_all
 
-            diagnosis = replace(diagnosis, findings=find_all(diagnosis, qg))
+            found = find_all(diagnosis, qg)
+            diagnosis = replace(diagnosis, findings=found, repros=_repros(found, diagnosis, probes, quant_bytes))
         return diagnosis
 
     def _probes(self, float_bytes, quant_bytes, fg, qg, matching, quant_runner):
@@ -259,6 +260,21 @@ class _Run:
         if metrics.num_samples == 0:
             raise DataError("no samples left to evaluate; give more data or a smaller --calib-count")
         return {f: a.result() for f, a in accs.items()}, metrics, None if margins is None else margins.result()
+
+
+def _repros(findings, diagnosis, probes, quant_bytes) -> tuple:
+    """A one-op reproduction of the worst op of each kernel-defect finding."""
+    from quantdoctor.diagnose.results import Repro
+
+    out = []
+    for f in findings:
+        if f.mechanism != "kernel_defect":
+            continue
+        layer = next((l for l in diagnosis.layers if l.label == f.evidence.get("worst_layer")), None)
+        inputs = probes.inputs_of(layer.position) if layer is not None and probes is not None else ()
+        if inputs:
+            out.append(Repro(layer.position, layer.op_type, quant_bytes, inputs))
+    return tuple(out)
 
 
 def _calibration(calib_ds):

@@ -55,6 +55,7 @@ class _OpProbe:
     out_mode: tuple
     isolated: ErrorAccumulator
     expected: ErrorAccumulator
+    first_inputs: tuple[np.ndarray, ...] = ()  # the first sample's inputs, for a one-op reproduction
 
 
 class Probes:
@@ -82,7 +83,7 @@ class Probes:
         self.acts: dict[int, tuple[ActivationAccumulator, ActivationAccumulator, GridCoverageAccumulator | None]] = {}
         self.grid_modes: dict[int, str] = {}
         for pair in matching.pairs:
-            qt = qg.tensors[_through_conversions(qg, pair.quant_index)]
+            qt = _grid_tensor(qg, _through_conversions(qg, pair.quant_index))
             grid, qrange, step = None, None, None
             if qt.dtype in _INTEGER and qt.quant is not None and len(qt.quant.scales) == 1:
                 lo, hi = _QRANGE[qt.dtype]
@@ -120,12 +121,18 @@ class Probes:
             self.seen += take
 
     def _isolate(self, p: _OpProbe, fv: dict[int, np.ndarray], n: int) -> None:
+        if not p.first_inputs:
+            p.first_inputs = tuple(fv[t][:1].copy() for t in p.q_inputs)
         ref = fv[p.f_out][:n]
         observed = self.quant_ops.run(p.q_op, [fv[t][:n] for t in p.q_inputs])
         p.isolated.update(ref, observed.reshape(ref.shape))
         inputs = [_fake_quant(fv[t][:n], mode) for t, mode in zip(p.f_inputs, p.f_modes)]
         simulated = _fake_quant(self.float_ops.run(p.f_op, inputs), p.out_mode)
         p.expected.update(ref, simulated.reshape(ref.shape))
+
+    def inputs_of(self, q_op: int) -> tuple[np.ndarray, ...]:
+        """The first evaluated sample's float inputs of quantized op `q_op` (empty if it was not probed)."""
+        return next((p.first_inputs for p in self.ops if p.q_op == q_op), ())
 
     def results(self) -> dict[int, Evidence]:
         """Evidence per float tensor index."""
@@ -200,6 +207,17 @@ class Probes:
             if weights is not None and weights.actual.shape == tuple(f_w.shape):
                 out[f_op.index] = {f_w.index: weights.actual.astype(np.float32)}
         return out
+
+
+def _grid_tensor(qg: Graph, t: int):
+    """The tensor whose grid quantizes `t`: itself, or the output of the QUANTIZE that reads a float `t` (int8 input)."""
+    tensor = qg.tensors[t]
+    if tensor.dtype in _INTEGER:
+        return tensor
+    for op in qg.ops:
+        if op.type == "QUANTIZE" and op.inputs and op.inputs[0] == t and qg.tensors[op.outputs[0]].dtype in _INTEGER:
+            return qg.tensors[op.outputs[0]]
+    return tensor
 
 
 def _hybrid_inputs(qg: Graph) -> set[int]:

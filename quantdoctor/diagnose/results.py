@@ -228,6 +228,16 @@ class Onset:
 
 
 @dataclass(frozen=True)
+class Repro:
+    """What a one-op reproduction needs: the quantized model, the op, and one sample's float inputs (not in the JSON)."""
+
+    op_index: int
+    op_type: str
+    model: bytes = field(repr=False)
+    inputs: tuple[Any, ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Diagnosis:
     """Everything one diagnose run measured. Renderers read this and nothing else."""
 
@@ -239,6 +249,7 @@ class Diagnosis:
     onset: Onset | None
     margins: OutputMargins | None = None
     findings: tuple[Any, ...] = ()  # diagnose.findings.Finding, ranked (most important first)
+    repros: tuple[Repro, ...] = ()  # one per kernel-defect finding, written next to the report
     schema_version: str = SCHEMA_VERSION
 
     def layer_at(self, position: int) -> LayerResult | None:

@@ -84,7 +84,13 @@ def _report(op: OpInfo, weights: _Weights, float_weights: np.ndarray | None, mat
         axis=weights.axis,
         match=match,
         note=note,
+        step=_per_tensor_step(weights.tensor),
     )
+
+
+def _per_tensor_step(t: TensorInfo) -> float:
+    q = t.quant
+    return float(q.scales[0]) if q is not None and len(q.scales) == 1 and t.dtype in _INTEGER_STORAGE else float("nan")
 
 
 def _load(model: bytes, label: str):

@@ -42,6 +42,8 @@ def renderable(diagnosis: Diagnosis, worst: int = 10, compact: bool = False) -> 
         Text(""),
         onset(diagnosis),
         Text(""),
+        findings(diagnosis),
+        Text(""),
         worst_layers(diagnosis, worst, compact),
         Text(""),
         coverage(diagnosis),
@@ -69,6 +71,28 @@ def onset(d: Diagnosis) -> Text:
     text = Text(s.onset_sentence(d), style="bold")
     if d.onset is not None and d.onset.rule:
         text.append(f"\nRule: {d.onset.rule}", style="dim")
+    return text
+
+
+SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "dim"}
+
+
+def findings(d: Diagnosis, n: int = 5) -> Text:
+    """The ranked findings as numbered sentences, then the output margins."""
+    from quantdoctor.report import findings_text as ft
+
+    text = Text("Findings", style="bold")
+    lines = ft.findings_lines(d, n)
+    if not lines:
+        text.append("\n" + ft.no_findings_sentence(d))
+    for i, (severity, title, sentence) in enumerate(lines, 1):
+        text.append(f"\n{i}. ")
+        text.append(f"[{severity}] {title}", style=SEVERITY_STYLE.get(severity, ""))
+        text.append(f": {sentence}")
+    if len(d.findings) > n:
+        text.append(f"\n... {len(d.findings) - n} more in the JSON/HTML report.", style="dim")
+    if d.margins is not None:
+        text.append("\n" + ft.margins_sentence(d.margins), style="dim")
     return text
 
 

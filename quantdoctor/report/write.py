@@ -19,8 +19,11 @@ def write_outputs(diagnosis: Diagnosis, out_dir: str | os.PathLike[str]) -> dict
     Both documents are rendered before anything is written, and each file is replaced atomically, so a failure never
     leaves a half-written report next to an older complete one.
 
+    Each kernel-defect finding also gets a one-op reproduction in `repro/op_<index>_<type>/` (the op as a .tflite, one
+    sample's input as .npy, a README.txt) to attach to an upstream bug report.
+
     Returns:
-        {"json": path of report.json, "html": path of report.html}.
+        {"json": path of report.json, "html": path of report.html, "repro:<op>": folder of each reproduction}.
 
     Raises:
         UserInputError: `out_dir` exists and is not a folder.
@@ -34,6 +37,12 @@ def write_outputs(diagnosis: Diagnosis, out_dir: str | os.PathLike[str]) -> dict
     for key, (name, text) in documents.items():
         written[key] = out / name
         _write_atomic(written[key], text)
+    for repro in diagnosis.repros:
+        from quantdoctor.backends.tflite.extract import write_repro
+
+        folder = out / "repro" / f"op_{repro.op_index}_{repro.op_type.lower()}"
+        write_repro(repro.model, repro.op_index, list(repro.inputs), folder)
+        written[f"repro:{repro.op_index}"] = folder
     return written
 
 

@@ -230,6 +230,8 @@ class GridCoverage:
     few_levels_share: float
     levels_histogram: tuple[int, ...]
     qmin: int = -128
+    scale: float = math.nan  # the grid's step in "static" mode (level value = scale · (level − zero_point)); nan if dynamic
+    zero_point: int = 0
     occupancy: tuple[int, ...] = ()
     first_sample_occupancy: tuple[int, ...] = ()
 
@@ -344,6 +346,8 @@ class GridCoverageAccumulator:
             few_levels_share=int(self.levels_histogram[: self.few + 1].sum()) / n if n else math.nan,
             levels_histogram=tuple(int(c) for c in self.levels_histogram),
             qmin=self.qmin,
+            scale=math.nan if self.settings[0] is None else self.settings[0],
+            zero_point=self.settings[1],
             occupancy=tuple(int(c) for c in self.occupancy),
             first_sample_occupancy=tuple(int(c) for c in (self.first_sample if self.first_sample is not None else ())),
         )

@@ -205,6 +205,8 @@ class WeightReport:
     channel_range_ratio: float
     match: str = ""
     note: str = ""
+    channel_max_abs: tuple[float, ...] = ()  # max |w| per output channel (float weights when known), for the figure
+    step: float = math.nan  # the stored grid's step for per-tensor integer weights (the scale), else nan
 
     @property
     def granularity_gain_db(self) -> float:
@@ -215,11 +217,14 @@ class WeightReport:
         """Plain types; inf/nan stay floats (the report's JSON writer encodes them)."""
         d = asdict(self)
         d["shape"] = list(self.shape)
+        d["channel_max_abs"] = list(self.channel_max_abs)
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WeightReport:
-        return result_from_dict(cls, {**data, "shape": tuple(data.get("shape", ()))})
+        return result_from_dict(
+            cls, {**data, "shape": tuple(data.get("shape", ())), "channel_max_abs": tuple(data.get("channel_max_abs", ()))}
+        )
 
 
 def weight_report(
@@ -235,6 +240,7 @@ def weight_report(
     axis: int,
     match: str = "",
     note: str = "",
+    step: float = math.nan,
 ) -> WeightReport:
     """Measure one weight tensor: the stored quantization against the float weights, and both int8 granularities.
 
@@ -287,4 +293,6 @@ def weight_report(
         channel_range_ratio=channel_range_ratio(ranges_from, a),
         match=match,
         note=note,
+        channel_max_abs=tuple(float(v) for v in channel_max_abs(ranges_from, a)),
+        step=float(step),
     )
