@@ -1,4 +1,4 @@
-"""The one real-model test: EfficientNet-Lite0 on the 120 demo photos reproduces both demo agreement figures."""
+"""The one real-model test: EfficientNet-Lite0 on the 120 demo photos reproduces both demo figures and findings."""
 
 from __future__ import annotations
 
@@ -35,5 +35,13 @@ def test_demo_agreement_and_onset(demo_data, scheme):
         # The collapse starts at the first depthwise conv whose weights are big enough to be quantized.
         assert d.onset is not None and d.onset.label == "b2_dw_relu"
         assert d.worst_layers(1)[0].label == "b2_dw_relu"
+        # Explain: the runtime departs from what the depthwise ops' own parameters predict (a kernel defect).
+        top = d.findings[0]
+        assert top.mechanism == "kernel_defect" and top.severity.value == "critical"
+        assert top.op_types == ("DEPTHWISE_CONV_2D",) and len(top.positions) == 14
+        assert top.evidence["excess_db"] >= 20
+        assert len(d.repros) == 1
     else:
         assert d.onset is None
+        assert not [f for f in d.findings if f.severity.value == "critical"]  # a healthy model: nothing critical
+        assert all(l.excess_db is None or l.excess_db < 10 for l in d.layers)
