@@ -13,7 +13,8 @@ The catalogue (one detector each, registered in `DETECTORS`; thresholds are modu
   `GAIN_DB` of weight SQNR.
 - `activation_outliers` — a quantized activation whose range is set by a few channels or values: range ratio of the
   live channels ≥ `RANGE_RATIO`, or max |x| ≥ `OUTLIER_RATIO` × its 99.9th percentile, and it matters: a typical sample
-  is left ≤ `CRUSHED_LEVELS` levels, or the op builds up ≥ `WARNING_SHARE` of the output error.
+  is left ≤ `CRUSHED_LEVELS` levels, or the op builds up ≥ `WARNING_SHARE` of the output error; and it costs something:
+  the tensor or an op reading it ends below `SUFFERS_BELOW_DB` SQNR (as for `low_grid_coverage`).
 - `calibration_clipping` — the float activation falls outside the quantized range for ≥ `CLIP_SHARE` of values: the
   calibration data did not cover what the model sees.
 - `low_grid_coverage` — a typical sample occupies ≤ `FEW_LEVELS` levels of the grid (the checklist's "two or three
@@ -48,6 +49,7 @@ GAIN_DB = 6.0
 OUTLIER_RATIO = 10.0
 CLIP_SHARE = 0.01  # below this, a small calibration set's sampling explains the clipping
 FEW_LEVELS = 16
+SUFFERS_BELOW_DB = 30.0  # ...and it or its consumer has an SQNR below this
 CRUSHED_LEVELS = 64  # an outlier matters when it leaves a typical sample at most this many levels...
 LOSS = 0.05
 CRITICAL_SHARE = 0.25
@@ -220,7 +222,7 @@ def activation_outliers(ctx: Context) -> list[Finding]:
         value_ratio = peak / top if top > 0 else math.inf if peak > 0 else math.nan
         channel_ratio = live_channel_range_ratio(s)
         crushed = l.grid.median_levels <= CRUSHED_LEVELS or _num(l.output_error_share) >= WARNING_SHARE
-        if crushed and (channel_ratio >= RANGE_RATIO or _num(value_ratio) >= OUTLIER_RATIO):
+        if crushed and _suffers(ctx, l) and (channel_ratio >= RANGE_RATIO or _num(value_ratio) >= OUTLIER_RATIO):
             out.append(
                 _finding(
                     ctx,
@@ -276,6 +278,8 @@ def low_grid_coverage(ctx: Context) -> list[Finding]:
         possible = min(l.grid.grid_size, math.prod(l.shape) if l.shape else 1)
         if l.position in flagged or l.grid.median_levels > FEW_LEVELS or possible < 4 * FEW_LEVELS:
             continue  # a 10-element vector on 10 levels is not a crushed grid
+        if not _suffers(ctx, l):
+            continue  # few levels that lose nothing (e.g. an input with few distinct values)
         out.append(
             _finding(
                 ctx,
@@ -424,6 +428,12 @@ def live_channel_range_ratio(stats) -> float:
     ranges = np.asarray(stats.channel_max, dtype=np.float64) - np.asarray(stats.channel_min, dtype=np.float64)
     live = ranges[np.isfinite(ranges) & (ranges > 0)]
     return float(live.max() / np.median(live)) if live.size else math.nan
+
+
+def _suffers(ctx: Context, layer: LayerResult) -> bool:
+    """Whether the activation or an op reading it ends up below `SUFFERS_BELOW_DB`: a grid problem that costs nothing
+    measurable is not a suspect."""
+    return min(l.accumulated.sqnr_db for l in _with_consumers(ctx, layer)) < SUFFERS_BELOW_DB
 
 
 def _with_consumers(ctx: Context, layer: LayerResult) -> list[LayerResult]:

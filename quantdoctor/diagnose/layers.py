@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from quantdoctor.backends.tflite.graph import WEIGHTED_OPS, Graph
-from quantdoctor.diagnose.results import Coverage, LayerResult, TensorError
+from quantdoctor.diagnose.results import SQNR_CAP_DB, Coverage, LayerResult, TensorError
 from quantdoctor.matching.keras_names import LayerLabel
 from quantdoctor.matching.match import Matching, _through_conversions
 from quantdoctor.stats.weights import WeightReport
@@ -36,7 +36,8 @@ def build_layers(
     `evidence` (float tensor → `probes.Evidence`) and `weight_reports` (quantized op index → WeightReport) add what
     the explain probes measured. `output_error_share` = the op's noise added (increase of the noise-to-signal ratio from
     its worst input to its output) over the sum of all ops' positive noise added: an additive first-order split of the
-    output's error among the ops that built it up.
+    output's error among the ops that built it up; the share of an op that is exact on its own (isolated error at the
+    cap) goes to the ops that feed it, since it only amplifies their error.
     """
     evidence = evidence or {}
     weight_reports = weight_reports or {}
@@ -98,13 +99,24 @@ def _with_shares(layers: list[LayerResult]) -> tuple[LayerResult, ...]:
         return 0.0 if np.isnan(db) else 10.0 ** (-min(max(db, -60.0), 60.0) / 10.0)
 
     added = [
-        nsr(l.accumulated.sqnr_db) - nsr(l.input_sqnr_db) if l.input_sqnr_db is not None else 0.0 for l in layers
+        max(nsr(l.accumulated.sqnr_db) - nsr(l.input_sqnr_db), 0.0) if l.input_sqnr_db is not None else 0.0
+        for l in layers
     ]
-    positive = [max(a, 0.0) for a in added]
-    total = sum(positive)
+    # An op that computes exactly on its own (isolated SQNR at the cap, e.g. a float op) creates no error: what grows
+    # across it is upstream error it amplifies (a small channel scaled back up), so it is credited to its inputs.
+    by_name = {l.float_tensor: i for i, l in enumerate(layers)}
+    for i in reversed(range(len(layers))):
+        layer = layers[i]
+        exact = layer.isolated is not None and layer.isolated.sqnr_db >= SQNR_CAP_DB
+        sources = [by_name[t] for t in layer.input_tensors if t in by_name and by_name[t] < i]
+        if exact and added[i] > 0 and sources:
+            for j in sources:
+                added[j] += added[i] / len(sources)
+            added[i] = 0.0
+    total = sum(added)
     if total <= 0:
         return tuple(layers)
-    return tuple(replace(l, output_error_share=p / total) for l, p in zip(layers, positive))
+    return tuple(replace(l, output_error_share=a / total) for l, a in zip(layers, added))
 
 
 def _input_sqnr(value: float | None, is_graph_input: bool) -> float | None:

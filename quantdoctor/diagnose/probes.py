@@ -88,7 +88,8 @@ class Probes:
             if qt.dtype in _INTEGER and qt.quant is not None and len(qt.quant.scales) == 1:
                 lo, hi = _QRANGE[qt.dtype]
                 scale, zp = qt.quant.scales[0], int(qt.quant.zero_points[0]) if qt.quant.zero_points else 0
-                qrange, step = (scale * (lo - zp), scale * (hi - zp)), scale
+                # Half a step beyond the end levels still rounds onto them: only what lies further out is clipped.
+                qrange, step = (scale * (lo - zp - 0.5), scale * (hi - zp + 0.5)), scale
                 grid = GridCoverageAccumulator(scale, zp, lo, hi)
                 self.grid_modes[pair.float_index] = "static"
             elif pair.quant_index in hybrid_inputs or qt.index in hybrid_inputs:
