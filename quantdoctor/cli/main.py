@@ -1,4 +1,5 @@
-"""The `quantdoctor` command line. Exit codes: 0 done, 1 user error (one line, no traceback), 2 internal error."""
+"""The `quantdoctor` command line. Exit codes: 0 done, 1 user error (one line, no traceback), 2 internal error,
+3 `repair` could not meet the budget (the best model found is still written)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-samples", type=int, default=None, help="evaluate at most this many photos")
     m.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     m.add_argument("--width", type=int, default=None, help="terminal width for the summary")
+    from quantdoctor.cli.repair import add_parsers
+
+    add_parsers(sub)
+    from quantdoctor.cli.compare import add_parser as add_compare_parser
+
+    add_compare_parser(sub)
     return parser
 
 
@@ -50,6 +57,8 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
 def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="write report.json and report.html here")
     p.add_argument("--json", action="store_true", help="print the JSON report to stdout instead of the summary")
+    p.add_argument("--model-explorer", metavar="DIR",
+                   help="write per-op node data (SQNR, isolated SQNR, finding severity) for Model Explorer here")
     p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     p.add_argument("--width", type=int, default=None, help="terminal width for the summary")
 
@@ -68,6 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from quantdoctor.cli.commands import run_schemes
 
             return run_schemes(args)
+        if args.command == "compare":
+            from quantdoctor.cli.compare import run_compare
+
+            return run_compare(args)
+        if args.command in ("repair", "apply"):
+            from quantdoctor.cli.repair import run_apply, run_repair
+
+            return run_repair(args) if args.command == "repair" else run_apply(args)
         if args.command == "demo":
             from quantdoctor.cli.commands import run_demo
 

@@ -1,0 +1,70 @@
+"""`quantdoctor repair` and `quantdoctor apply`: arguments and what they run.
+
+Exit codes (besides main's 0/1/2): 3 = the repair could not meet the budget; the best model found is still written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_BUDGET_NOT_MET = 3
+
+
+def add_parsers(sub) -> None:
+    """Add the `repair` and `apply` subcommands to main's subparsers."""
+    r = sub.add_parser("repair", help="find the smallest change that brings the quantized model within a budget")
+    r.add_argument("model", help="float model: .keras, .h5, SavedModel directory or float .tflite")
+    r.add_argument("--data", required=True, help=".npz (x, optional y), .npy, or an image folder")
+    q = r.add_mutually_exclusive_group(required=True)
+    q.add_argument("--scheme", help="quantization scheme to repair (see `quantdoctor schemes`)")
+    q.add_argument("--quantized", metavar="FILE", help="a quantized .tflite made elsewhere (its scheme is read from it)")
+    r.add_argument("--max-drop", type=float, default=1.0, help="allowed drop in points of --metric (default: 1.0)")
+    r.add_argument("--metric", default="agreement", choices=("agreement", "top1", "topk"),
+                   help="agreement = top-1 agreement with float; top1/topk = accuracy on labels")
+    r.add_argument("--out", metavar="DIR", help="write repaired.tflite, recipe.json and repair.json here")
+    r.add_argument("--rank-size", type=int, default=32, help="samples the search ranks candidates on (default: 32)")
+    r.add_argument("--preprocess", default="none", help="preset applied to the data (see README; default: none)")
+    r.add_argument("--resize", default="crop", choices=("crop", "stretch"), help="how images reach the input size")
+    r.add_argument("--calib", metavar="DATA", help="calibration data (default: part of --data, excluded from evaluation)")
+    r.add_argument("--calib-count", type=int, default=100, help="samples of --data used to calibrate (default: 100)")
+    r.add_argument("--batch-size", type=int, default=16, help="samples per interpreter call (default: 16)")
+    r.add_argument("--top-k", type=int, default=3, help="k of the top-k metric (default: 3)")
+    r.add_argument("--max-samples", type=int, default=None, help="evaluate at most this many samples")
+    r.add_argument("--json", action="store_true", help="print the result as JSON instead of the summary")
+
+    a = sub.add_parser("apply", help="re-apply a repair recipe to the float model it was made from")
+    a.add_argument("recipe", help="recipe.json written by `quantdoctor repair --out`")
+    a.add_argument("model", help="the float model the recipe was made from")
+    a.add_argument("--out", metavar="FILE", default="repaired.tflite", help="where to write the .tflite (default: repaired.tflite)")
+
+
+def run_repair(args: argparse.Namespace) -> int:
+    from quantdoctor.repair import repair
+
+    result = repair(
+        args.model, args.data, scheme=args.scheme, quantized=args.quantized, max_drop=args.max_drop,
+        metric=args.metric, out=args.out, preprocess=args.preprocess, resize=args.resize, calib=args.calib,
+        calib_count=args.calib_count, batch_size=args.batch_size, top_k=args.top_k, max_samples=args.max_samples,
+        rank_size=args.rank_size,
+    )
+    print(result.to_json() if args.json else result.summary())
+    if args.out:
+        print(f"wrote {Path(args.out) / 'repaired.tflite'}, recipe.json and repair.json", file=sys.stderr)
+    if not result.budget_met:
+        print(f"quantdoctor: {result.message}", file=sys.stderr)
+        return EXIT_BUDGET_NOT_MET
+    return 0
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    from quantdoctor.demo.cache import atomic_write_bytes
+    from quantdoctor.repair.recipe import Recipe, apply_recipe, sha256
+
+    recipe = Recipe.load(args.recipe)
+    model = apply_recipe(recipe, args.model)
+    atomic_write_bytes(Path(args.out), model)
+    same = "same bytes as the repair run" if sha256(model) == recipe.model_sha256 else "bytes differ from the repair run"
+    print(f"wrote {args.out} ({len(model)} bytes, {len(recipe.actions)} action(s); {same})", file=sys.stderr)
+    return 0

@@ -1,0 +1,201 @@
+"""repair(): the smallest change to a quantized model that brings it within an accuracy budget of the float model."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantdoctor.errors import DataError, UserInputError
+from quantdoctor.repair.result import RepairResult
+
+MODEL_NAME, RECIPE_NAME, RESULT_NAME = "repaired.tflite", "recipe.json", "repair.json"
+
+
+def repair(
+    model: str | Path,
+    data: Any,
+    scheme: str | None = None,
+    quantized: str | Path | None = None,
+    max_drop: float = 1.0,
+    metric: str = "agreement",
+    out: str | Path | None = None,
+    *,
+    preprocess: str = "none",
+    resize: str = "crop",
+    calib: str | Path | None = None,
+    calib_count: int = 100,
+    batch_size: int = 16,
+    top_k: int = 3,
+    max_samples: int | None = None,
+    rank_size: int = 32,
+    search: Any = None,
+) -> RepairResult:
+    """Find the fewest actions that bring the quantized model within `max_drop` points of the float model on `metric`.
+
+    Args:
+        model: the float model (.keras, .h5, SavedModel folder or float .tflite).
+        data: evaluation (and, for calibrating schemes, calibration) data, as for `diagnose`.
+        scheme: the scheme to repair; or give `quantized`, a model made elsewhere (its scheme is read from the file).
+        max_drop: allowed drop in points (1.0 = one percentage point) of `metric` against the float model.
+        metric: "agreement" (top-1 agreement with float), "top1" or "topk" (accuracy on labels).
+        out: folder for repaired.tflite, recipe.json and repair.json (written atomically).
+        rank_size: samples of the evaluation set the search ranks candidates on.
+        search: a `repair.search.SearchConfig` (its max_drop is replaced by `max_drop`).
+
+    Returns:
+        A `RepairResult`; `budget_met` is False (and `model` the best found) when the budget cannot be met.
+
+    Raises:
+        UserInputError: bad model, data or options.
+    """
+    from dataclasses import replace
+
+    from quantdoctor.backends.keras.loader import detect_source, load_keras_model
+    from quantdoctor.repair.build import Builder
+    from quantdoctor.repair.evaluate import Evaluator
+    from quantdoctor.repair.recipe import Recipe, file_sha256, sha256
+    from quantdoctor.repair.search import GreedySearch, SearchConfig
+
+    start = time.perf_counter()
+    if max_drop < 0:
+        raise UserInputError(f"--max-drop must be 0 or more points, got {max_drop}")
+    if (scheme is None) == (quantized is None):
+        raise UserInputError("give exactly one of --scheme and --quantized")
+    given = None
+    if quantized is not None:
+        from quantdoctor.backends.tflite.runner import read_tflite
+
+        given = read_tflite(quantized)
+        scheme = infer_scheme(given)
+    source = detect_source(Path(model))
+    keras_model = load_keras_model(source.path) if source.kind == "keras" else None
+    dataset = _dataset(data, source, keras_model, preprocess, resize)
+    eval_ds, calib_ds = _split(dataset, scheme, calib, calib_count, preprocess, resize)
+    if max_samples is not None and len(eval_ds) > max_samples:
+        eval_ds = eval_ds.subset(np.arange(max_samples))
+    builder = Builder.prepare(keras_model if keras_model is not None else source, scheme, calib_ds)
+    evaluator = Evaluator(builder.float_model, eval_ds, metric, batch_size=batch_size, top_k=top_k, rank_size=rank_size)
+    diagnose_fn = _diagnoser(builder.float_model, eval_ds, evaluator, batch_size)
+    cfg = replace(search or SearchConfig(), max_drop=max_drop)
+
+    note = ""
+    baseline = evaluator.evaluate(given if given is not None else builder.build([]), full=True)
+    if given is not None:
+        rebuilt = evaluator.evaluate(builder.build([]), full=True)
+        note = (f" (the given model scores {baseline.value:.4f}; rebuilt here with scheme {scheme}: "
+                f"{rebuilt.value:.4f})")
+    if baseline.drop <= max_drop + 1e-9:
+        actions, final, trajectory, skipped, changed = [], baseline, (), {}, 0
+        repaired = given if given is not None else builder.build([])
+    else:
+        engine = GreedySearch(builder, evaluator, diagnose_fn, cfg)
+        actions, final = engine.run()
+        trajectory, skipped, changed = tuple(engine.state.trajectory), engine.state.skipped, engine.changed_ops(actions)
+        repaired = builder.build(actions)
+        final = evaluator.evaluate(repaired, full=True)  # fresh, full evaluation of the exact bytes to be written
+    met = final.drop <= max_drop + 1e-9
+    name = evaluator.metric.name
+    if met:
+        message = (f"budget met: {name} {final.value:.4f} (drop {final.drop:.2f} points <= {max_drop:g}) with "
+                   f"{len(actions)} change(s) to {changed} op(s); baseline {baseline.value:.4f}{note}")
+    else:
+        message = (f"budget NOT met: the best model found has {name} {final.value:.4f} (drop {final.drop:.2f} points > "
+                   f"{max_drop:g}); baseline {baseline.value:.4f}; the best model is written anyway{note}")
+    result = RepairResult(
+        scheme=scheme, backend=builder.backend.value, metric=name, max_drop=max_drop, baseline_metric=baseline.value,
+        final_metric=final.value, actions=tuple(actions), changed_ops=changed, trajectory=trajectory,
+        evaluations=evaluator.count, seconds=round(time.perf_counter() - start, 2), budget_met=met,
+        skipped=tuple(f"{k}: {v}" for k, v in skipped.items()), message=message, model=repaired,
+    )
+    if out is not None:
+        ranges = builder.final_ranges(actions) if builder.ranges else None
+        recipe = Recipe(scheme, builder.backend.value, tuple(actions), file_sha256(source.path), sha256(repaired), ranges)
+        write_repair(result, recipe, Path(out))
+    return result
+
+
+def infer_scheme(model: bytes) -> str:
+    """The scheme a quantized .tflite was most likely made with, from its tensor types and weight scales."""
+    from quantdoctor.backends.tflite.runner import TfliteRunner
+
+    g = TfliteRunner(model, 1).graph
+    acts = [g.tensors[t] for t in g.activations()]
+    weights = [t for t in g.tensors.values() if t.is_constant and t.dtype == "int8" and t.quant is not None and len(t.shape) > 1]
+    per_channel = any(len(t.quant.scales) > 1 for t in weights)
+    if any(t.dtype == "int16" for t in acts):
+        return "int16x8"
+    if any(t.dtype == "int8" for t in acts):
+        if g.tensors[g.inputs[0]].dtype == "int8":
+            return "int8-io"
+        return "int8" if per_channel else "int8-per-tensor"
+    if weights:
+        return "dynamic" if per_channel else "dynamic-per-tensor"
+    if any(t.dtype == "float16" for t in g.tensors.values()):
+        return "float16"
+    raise UserInputError("the --quantized model holds no quantized tensors; give a quantized .tflite")
+
+
+def write_repair(result: RepairResult, recipe: Any, out: Path) -> dict[str, Path]:
+    """Write repaired.tflite, recipe.json and repair.json into `out`, each atomically."""
+    from quantdoctor.demo.cache import atomic_write_bytes
+
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"model": out / MODEL_NAME, "recipe": out / RECIPE_NAME, "result": out / RESULT_NAME}
+    atomic_write_bytes(paths["model"], result.model)
+    atomic_write_bytes(paths["recipe"], (recipe.to_json() + "\n").encode())
+    atomic_write_bytes(paths["result"], (result.to_json() + "\n").encode())
+    return paths
+
+
+def _dataset(data: Any, source: Any, keras_model: Any, preprocess: str, resize: str):
+    from quantdoctor.data import Dataset, load_dataset
+
+    if isinstance(data, Dataset):
+        return data
+    if keras_model is not None:
+        shape = tuple(int(s) for s in keras_model.input_shape[1:])
+    else:
+        from quantdoctor.backends.tflite.runner import TfliteRunner
+        from quantdoctor.quantize.converter import convert
+
+        shape = TfliteRunner(convert(source, None), 1).inputs()[0].shape
+    return load_dataset(data, shape, preprocess=preprocess, resize=resize)
+
+
+def _split(dataset: Any, scheme: str, calib: Any, calib_count: int, preprocess: str, resize: str):
+    from quantdoctor.data import load_dataset, split_calibration
+    from quantdoctor.quantize.schemes import SCHEMES
+
+    if not SCHEMES.get(scheme).needs_calibration:
+        return dataset, None
+    if calib is not None:
+        return dataset, load_dataset(calib, dataset.input_shape, preprocess=preprocess, resize=resize)
+    if len(dataset) < 2:
+        raise DataError("calibration needs a part of --data but it has 1 sample; give --calib DATA or more data")
+    calib_idx, eval_idx = split_calibration(len(dataset), calib_count)
+    return dataset.subset(eval_idx), dataset.subset(calib_idx)
+
+
+def _diagnoser(float_model: bytes, eval_ds: Any, evaluator: Any, batch_size: int):
+    """diagnose() of a candidate on the ranking subset (counted as one quantized evaluation)."""
+    from quantdoctor.diagnose.pipeline import diagnose
+
+    folder = tempfile.mkdtemp(prefix="quantdoctor-repair-")
+    float_path = os.path.join(folder, "float.tflite")
+    Path(float_path).write_bytes(float_model)
+
+    def run(model: bytes):
+        q_path = os.path.join(folder, "candidate.tflite")
+        Path(q_path).write_bytes(model)
+        subset = eval_ds.subset(np.arange(min(evaluator.rank_size, len(eval_ds))))
+        evaluator.count += 1
+        return diagnose(float_path, subset, quantized=q_path, batch_size=batch_size)
+
+    return run

@@ -1,0 +1,168 @@
+"""Candidate repair actions, ranked by cheap proxies read from a diagnosis.
+
+The proxy of a layer is the noise-to-signal power the op itself adds, from the best evidence the diagnosis carries:
+the isolated error (the op alone on the float input) if measured, else the growth of the accumulated error across the op
+(`LayerResult.noise_added`). A layer whose observed error is far above the error its quantization parameters predict
+(`LayerResult.expected`, when the diagnosis has it) or that a finding names gets a bonus: such errors are defects that
+one change removes, not noise spread over many layers. Findings with several positions (one mechanism in many ops)
+become group candidates. An op type whose worst layer stands out also gets group candidates (per-channel weights or the
+kernel workaround for every op of that type with the same weight storage), because a kernel defect hits every op that
+runs the same kernel, while the accumulated error only shows the first of them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from quantdoctor.repair.actions import (
+    DYNAMIC_SCHEMES,
+    STATIC_SCHEMES,
+    Action,
+    CalibrationRange,
+    Int16Activations,
+    KeepFloat,
+    KernelWorkaround,
+    PerChannel,
+    RangeMethod,
+)
+
+WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D")
+DEFECT_RATIO = 10.0  # observed / expected noise power above which an op's error counts as a defect
+FINDING_BONUS = {"critical": 4.0, "warning": 2.0, "info": 1.0}
+# How much a kind of action is preferred at equal proxy: the least invasive first, keeping an op float last.
+PREFERENCE = {
+    KernelWorkaround: 1.0, PerChannel: 0.9, CalibrationRange: 0.85, Int16Activations: 0.6, KeepFloat: 0.5,
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    action: Action
+    proxy: float  # larger = more promising
+    reason: str
+
+
+def _nsr(sqnr_db: float | None) -> float:
+    if sqnr_db is None or math.isnan(sqnr_db):
+        return 0.0
+    return 0.0 if sqnr_db == math.inf else 10.0 ** (-min(sqnr_db, 300.0) / 10.0)
+
+
+def layer_proxy(layer: Any) -> tuple[float, str]:
+    """(noise power the op adds, which evidence it came from), with fallbacks for older diagnoses."""
+    isolated = getattr(layer, "isolated", None)
+    if isolated is not None and not math.isnan(getattr(isolated, "sqnr_db", math.nan)):
+        return _nsr(isolated.sqnr_db), f"isolated SQNR {isolated.sqnr_db:.1f} dB"
+    added = getattr(layer, "noise_added", math.nan)
+    if added is not None and not math.isnan(added):
+        return max(added, 0.0), f"SQNR drop {layer.sqnr_drop_db:.1f} dB" if layer.sqnr_drop_db is not None else "error"
+    return _nsr(layer.accumulated.sqnr_db), f"accumulated SQNR {layer.accumulated.sqnr_db:.1f} dB"
+
+
+def _defect_ratio(layer: Any, observed: float) -> float:
+    expected = getattr(layer, "expected", None)
+    exp = _nsr(getattr(expected, "sqnr_db", None)) if expected is not None else 0.0
+    return observed / exp if exp > 0 else 1.0
+
+
+def _per_tensor_int8(layer: Any) -> bool:
+    w = getattr(layer, "weights", None)
+    return w is not None and w.storage == "int8" and w.quant is not None and len(w.quant.scales) == 1
+
+
+def _layer_actions(layer: Any, op: str, scheme: str) -> list[Action]:
+    actions: list[Action] = []
+    if layer.op_type in WEIGHTED and _per_tensor_int8(layer):
+        if scheme in DYNAMIC_SCHEMES and layer.op_type == "DEPTHWISE_CONV_2D":
+            actions.append(KernelWorkaround(ops=(op,)))
+        actions.append(PerChannel(ops=(op,)))
+    if scheme in STATIC_SCHEMES and layer.quant is not None:
+        actions.append(CalibrationRange(tensor=op, method=RangeMethod.MSE.value))
+        actions.append(CalibrationRange(tensor=op, method=RangeMethod.PERCENTILE.value, percentile=99.99))
+        if scheme != "int16x8":
+            actions.append(Int16Activations(ops=(op,)))
+    if layer.op_type not in ("QUANTIZE", "DEQUANTIZE"):
+        actions.append(KeepFloat(ops=(op,)))
+    return actions
+
+
+def _group_actions(op_type: str, ops: tuple[str, ...], scheme: str) -> list[Action]:
+    actions: list[Action] = []
+    if op_type in WEIGHTED:
+        if scheme in DYNAMIC_SCHEMES and op_type == "DEPTHWISE_CONV_2D":
+            actions.append(KernelWorkaround(op_type=op_type))
+        actions.append(PerChannel(op_type=op_type))
+    actions.append(KeepFloat(ops=ops))
+    return actions
+
+
+def rank_candidates(diagnosis: Any, scheme: str, op_names: set[str], max_layers: int = 6) -> list[Candidate]:
+    """Candidate actions for the layers the diagnosis blames most, best first.
+
+    Args:
+        diagnosis: a `Diagnosis` of the current model against the float model.
+        scheme: the scheme being repaired.
+        op_names: op output names the builder knows (a layer whose name is not among them cannot be targeted).
+        max_layers: per-layer candidates for this many layers.
+    """
+    scored: list[tuple[float, str, Any, str]] = []
+    by_position = {}
+    for layer in diagnosis.layers:
+        op = layer.float_tensor if layer.float_tensor in op_names else layer.quant_tensor
+        if op not in op_names:
+            continue
+        noise, why = layer_proxy(layer)
+        ratio = _defect_ratio(layer, noise)
+        score = noise * (FINDING_BONUS["critical"] if ratio >= DEFECT_RATIO else 1.0)
+        if ratio >= DEFECT_RATIO:
+            why += f", {ratio:.0f}x the expected error"
+        scored.append((score, op, layer, why))
+        by_position[layer.position] = (op, layer)
+    total = sum(s for s, *_ in scored) or 1.0
+    out: list[Candidate] = []
+
+    for finding in getattr(diagnosis, "findings", ()) or ():
+        members = [by_position[p] for p in getattr(finding, "positions", ()) if p in by_position]
+        if not members:
+            continue
+        severity = getattr(finding, "severity", "info")
+        bonus = FINDING_BONUS.get(getattr(severity, "value", severity), 1.0)
+        share = sum(s for s, op, *_ in scored if op in {m[0] for m in members}) / total
+        score = getattr(finding, "score", math.nan)
+        if score is not None and not math.isnan(score):
+            share = max(share, score)  # e.g. output margins: decisive although the op's own SQNR is high
+        reason = f"finding {finding.mechanism} ({len(members)} ops)"
+        if len(members) > 1:
+            types = {layer.op_type for _, layer in members}
+            acts = _group_actions(types.pop() if len(types) == 1 else "", tuple(op for op, _ in members), scheme)
+            if len(set(l.op_type for _, l in members)) > 1:
+                acts = [KeepFloat(ops=tuple(op for op, _ in members))]
+        else:
+            acts = _layer_actions(members[0][1], members[0][0], scheme)
+        for a in acts:
+            out.append(Candidate(a, bonus * (share + 0.01) * PREFERENCE[type(a)], reason))
+
+    scored.sort(key=lambda s: -s[0])
+    for score, op, layer, why in scored[:max_layers]:
+        for a in _layer_actions(layer, op, scheme):
+            out.append(Candidate(a, score / total * PREFERENCE[type(a)], f"{why} ({100 * score / total:.0f}% of the error)"))
+
+    if scored:
+        worst_score, _, worst, _ = scored[0]
+        same = tuple(op for _, op, l, _ in scored if l.op_type == worst.op_type and _per_tensor_int8(l) == _per_tensor_int8(worst))
+        if len(same) > 1 and worst.op_type in WEIGHTED:
+            share = sum(s for s, op, *_ in scored if op in same) / total
+            for a in _group_actions(worst.op_type, same, scheme)[:-1]:  # no keep-float of a whole op type here
+                why = f"{worst.op_type} holds the worst layer; {len(same)} ops run the same kernel"
+                out.append(Candidate(a, max(share, worst_score / total) * PREFERENCE[type(a)] * 1.01, why))
+    return _dedupe(out)
+
+
+def _dedupe(cands: Sequence[Candidate]) -> list[Candidate]:
+    best: dict[Action, Candidate] = {}
+    for c in cands:
+        if c.action not in best or c.proxy > best[c.action].proxy:
+            best[c.action] = c
+    return sorted(best.values(), key=lambda c: -c.proxy)

@@ -1,0 +1,115 @@
+"""A repair recipe: everything needed to rebuild the repaired .tflite from the same float model, without the data.
+
+The recipe stores the scheme, the backend, the actions and — for static schemes — every activation range the repaired
+model was quantized with, so `apply_recipe` needs neither the calibration data nor a search: it calibrates the float
+model once on a dummy sample only to get the calibrated graph, overwrites every range with the stored ones, and builds
+with the same quantizer and the same actions (same bytes; a test checks it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantdoctor.errors import UserInputError
+from quantdoctor.repair.actions import Action, Backend, action_from_dict
+
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    scheme: str
+    backend: str
+    actions: tuple[Action, ...]
+    float_model_sha256: str | None  # of the user's float model file (None for a SavedModel folder)
+    model_sha256: str  # of the repaired .tflite the repair run wrote
+    ranges: dict[str, tuple[float, float]] | None = None
+    version: int = RECIPE_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "tool": "quantdoctor",
+            "scheme": self.scheme,
+            "backend": self.backend,
+            "float_model_sha256": self.float_model_sha256,
+            "model_sha256": self.model_sha256,
+            "actions": [a.to_dict() for a in self.actions],
+            "ranges": None if self.ranges is None else {k: list(v) for k, v in sorted(self.ranges.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        if data.get("version") != RECIPE_VERSION:
+            raise UserInputError(f"recipe version {data.get('version')} is not supported (this quantdoctor reads {RECIPE_VERSION})")
+        ranges = data.get("ranges")
+        return cls(
+            scheme=str(data["scheme"]),
+            backend=Backend(data["backend"]).value,
+            actions=tuple(action_from_dict(a) for a in data.get("actions", ())),
+            float_model_sha256=data.get("float_model_sha256"),
+            model_sha256=str(data.get("model_sha256", "")),
+            ranges=None if ranges is None else {k: (float(v[0]), float(v[1])) for k, v in ranges.items()},
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        p = Path(path)
+        try:
+            return cls.from_dict(json.loads(p.read_text()))
+        except FileNotFoundError:
+            raise UserInputError(f"recipe {p} does not exist; give the recipe.json a repair run wrote") from None
+        except (json.JSONDecodeError, KeyError, ValueError) as exc:
+            raise UserInputError(f"recipe {p} is not a quantdoctor recipe ({exc}); give the recipe.json a repair run wrote") from None
+
+
+def file_sha256(path: str | Path) -> str | None:
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(bytes(data)).hexdigest()
+
+
+def apply_recipe(recipe: Recipe | str | Path, model: str | Path) -> bytes:
+    """Rebuild the repaired .tflite from `model` (the float model the recipe was made from).
+
+    Raises:
+        UserInputError: the model is not the one the recipe was made from, or the recipe is unreadable.
+    """
+    from quantdoctor.backends.keras.loader import detect_source, load_keras_model
+    from quantdoctor.repair.build import Builder
+    from quantdoctor.quantize.converter import convert
+
+    if not isinstance(recipe, Recipe):
+        recipe = Recipe.load(recipe)
+    source = detect_source(Path(model))
+    digest = file_sha256(model)
+    if recipe.float_model_sha256 and digest and digest != recipe.float_model_sha256:
+        raise UserInputError(f"{model} is not the float model this recipe was made from (sha256 differs); give that model")
+    target = load_keras_model(source.path) if source.kind == "keras" else source
+    if Backend(recipe.backend) == Backend.CONVERTER:
+        shape = tuple(int(d) for d in target.input_shape[1:]) if source.kind == "keras" else None
+        if shape is None:
+            raise UserInputError("this recipe needs the Keras model it was made from")
+
+        def dummy():  # calibration only creates the graph's range fields; the recipe's ranges replace them all
+            yield np.zeros((1, *shape), np.float32)
+
+        float_model = convert(target, recipe.scheme, dummy, calibrate_only=True)
+    elif source.kind == "tflite":
+        float_model = source.path.read_bytes()
+    else:
+        float_model = convert(target, None)
+    builder = Builder(recipe.scheme, Backend(recipe.backend), float_model, recipe.ranges)
+    return builder.build(list(recipe.actions), ranges=recipe.ranges)

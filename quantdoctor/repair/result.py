@@ -1,0 +1,87 @@
+"""The result of a repair: the actions kept, the trajectory of the search, and what it cost."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from quantdoctor.repair.actions import Action
+
+
+@dataclass(frozen=True)
+class TrajectoryRow:
+    """One accepted (or undone, or pruned) step, measured on the ranking subset unless `full`."""
+
+    step: int
+    change: str  # "baseline", "+ <action>", "- <action> (step back)", "- <action> (pruned)", "final"
+    metric: float  # the budget metric, fraction
+    drop: float  # points below float
+    size_bytes: int
+    float_ops: int
+    latency_ms: float
+    evaluations: int  # quantized evaluations so far
+    seconds: float  # wall time so far
+    full: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    """What `repair()` found. `model` is the repaired .tflite (the best found when the budget is not met)."""
+
+    scheme: str
+    backend: str
+    metric: str
+    max_drop: float
+    baseline_metric: float  # full evaluation set
+    final_metric: float  # full evaluation set, fresh evaluation of `model`
+    actions: tuple[Action, ...]
+    changed_ops: int
+    trajectory: tuple[TrajectoryRow, ...]
+    evaluations: int
+    seconds: float
+    budget_met: bool
+    skipped: tuple[str, ...]  # actions the backend could not express, with the reason
+    message: str
+    model: bytes = b""
+
+    @property
+    def final_drop(self) -> float:
+        return 100.0 * (1.0 - self.final_metric) if self.metric == "agreement" else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k not in ("model", "actions", "trajectory")}
+        data["actions"] = [a.to_dict() for a in self.actions]
+        data["trajectory"] = [r.to_dict() for r in self.trajectory]
+        data["skipped"] = list(self.skipped)
+        data["model_size_bytes"] = len(self.model)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def summary(self) -> str:
+        """The terminal view: outcome, changes, and the trajectory table."""
+        lines = [self.message, ""]
+        if self.actions:
+            lines.append(f"changes ({self.changed_ops} ops):")
+            lines += [f"  - {a.describe()}" for a in self.actions]
+        else:
+            lines.append("changes: none")
+        if self.skipped:
+            lines.append("not expressible with this backend:")
+            lines += [f"  - {s}" for s in self.skipped]
+        lines.append("")
+        header = f"{'step':>4}  {'change':<58} {self.metric:>9} {'drop':>7} {'size MB':>8} {'float ops':>9} {'ms/sample':>9} {'evals':>5}"
+        lines += [header, "-" * len(header)]
+        for r in self.trajectory:
+            change = r.change if len(r.change) <= 58 else r.change[:55] + "..."
+            lines.append(
+                f"{r.step:>4}  {change:<58} {r.metric:>9.4f} {r.drop:>7.2f} {r.size_bytes / 1e6:>8.3f} {r.float_ops:>9d} "
+                f"{r.latency_ms:>9.2f} {r.evaluations:>5d}" + ("  (full set)" if r.full else "")
+            )
+        lines.append(f"\n{self.evaluations} quantized evaluations, {self.seconds:.1f} s")
+        return "\n".join(lines)

@@ -1,0 +1,215 @@
+"""Greedy search for the smallest set of actions that meets the budget, verified by real quantized evaluation.
+
+Each step ranks candidates by the diagnosis' proxies and evaluates the top few on the ranking subset (a real build and a
+real interpreter pass each); the best one is kept if it improves the metric, ties going to the change that touches fewer
+ops. After a kept step the current model is diagnosed again (on the ranking subset), so the next ranking sees the error
+that the fix uncovered. When no candidate improves, the search takes one step back: it undoes the last action and tries
+that step's runner-up instead. When the budget is met on the ranking subset, actions the model does not need are pruned,
+and the result is verified on the whole evaluation set; if that fails, the search resumes with the whole set as ranking
+set.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from quantdoctor.repair.actions import Action, KernelWorkaround, PerChannel
+from quantdoctor.repair.build import Builder
+from quantdoctor.repair.candidates import Candidate, rank_candidates
+from quantdoctor.repair.evaluate import Evaluation, Evaluator, model_stats
+from quantdoctor.repair.result import TrajectoryRow
+
+
+@dataclass
+class SearchConfig:
+    max_drop: float = 1.0  # points
+    per_step: int = 4  # candidates evaluated per round
+    rounds_per_step: int = 2  # rounds of `per_step` before giving up on a step
+    max_steps: int = 8
+    max_evaluations: int = 60
+
+
+@dataclass
+class SearchState:
+    actions: list[Action] = field(default_factory=list)
+    trajectory: list[TrajectoryRow] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    best: tuple[float, list[Action]] | None = None
+
+
+class GreedySearch:
+    """One search run. `diagnose(model_bytes)` returns a Diagnosis of a candidate on the ranking subset."""
+
+    def __init__(self, builder: Builder, evaluator: Evaluator, diagnose: Callable[[bytes], Any], config: SearchConfig):
+        self.builder, self.evaluator, self.diagnose, self.cfg = builder, evaluator, diagnose, config
+        self.state = SearchState()
+        self.start = time.perf_counter()
+        self.names = {name for _, name in builder.ops}
+        self._base_weights = _int8_weight_ops(builder.build([]))
+
+    # -- public --------------------------------------------------------------------------------------------------------
+    def run(self) -> tuple[list[Action], Evaluation]:
+        """Search; returns (actions, their evaluation on the whole evaluation set)."""
+        for full in (False, True):
+            if full:
+                self.evaluator.rank_size = len(self.evaluator.dataset)
+            current = self._eval(self.state.actions)
+            self._row(len(self.state.trajectory), "baseline" if not full else "resume on the whole set",
+                      self.state.actions, current, full)
+            if not self._within(current):
+                current = self._greedy(current)
+            if self._within(current):
+                self._prune()
+            final = self.evaluator.evaluate(self.builder.build(self.state.actions), full=True)
+            self._row(len(self.state.trajectory), "final (fresh evaluation)", self.state.actions, final, True)
+            if self._within(final) or full or self.evaluator.rank_size >= len(self.evaluator.dataset):
+                return self.state.actions, final
+        raise AssertionError("unreachable")
+
+    def changed_ops(self, actions: list[Action]) -> int:
+        """How many ops the actions touch (an op-type action counts the ops of that type with int8 weights)."""
+        touched: set[str] = set()
+        for a in actions:
+            touched.update(a.targets())
+            op_type = getattr(a, "op_type", None)
+            if op_type and isinstance(a, (PerChannel, KernelWorkaround)):
+                touched.update(name for kind, name in self._base_weights if kind == op_type)
+        return len(touched)
+
+    # -- steps ---------------------------------------------------------------------------------------------------------
+    def _greedy(self, current: Evaluation) -> Evaluation:
+        diagnosis = self.diagnose(self.builder.build(self.state.actions))
+        history: list[tuple[Evaluation, list[tuple[Candidate, Evaluation]]]] = []
+        stepped_back = False
+        excluded: set[Action] = set()
+        while len(self.state.actions) < self.cfg.max_steps and self.evaluator.count < self.cfg.max_evaluations:
+            ranked = [c for c in rank_candidates(diagnosis, self.builder.scheme, self.names)
+                      if c.action not in self.state.actions and c.action not in excluded and self._supported(c.action)]
+            tried = self._try(ranked, current.value)
+            better = [(c, e) for c, e in tried if e.value > current.value]
+            if better:
+                cand, ev = better[0]
+                history.append((current, tried))
+                self.state.actions.append(cand.action)
+                current = ev
+                self._row(len(self.state.trajectory), f"+ {cand.action.describe()}", self.state.actions, ev)
+                if self._within(current):
+                    return current
+                diagnosis = self.diagnose(self.builder.build(self.state.actions))
+                continue
+            if not history or stepped_back:
+                return current
+            # One step back: undo the last action, keep its best runner-up if that beats the state before it.
+            stepped_back = True
+            before, alternatives = history.pop()
+            undone = self.state.actions.pop()
+            excluded.add(undone)
+            self._row(len(self.state.trajectory), f"- {undone.describe()} (step back)", self.state.actions, before)
+            current = before
+            runner_up = [(c, e) for c, e in alternatives if c.action != undone and e.value > before.value]
+            if runner_up:
+                cand, ev = runner_up[0]
+                self.state.actions.append(cand.action)
+                current = ev
+                self._row(len(self.state.trajectory), f"+ {cand.action.describe()}", self.state.actions, ev)
+                if self._within(current):
+                    return current
+            diagnosis = self.diagnose(self.builder.build(self.state.actions))
+        return current
+
+    def _try(self, ranked: list[Candidate], reference: float) -> list[tuple[Candidate, Evaluation]]:
+        """Evaluate rounds of candidates until one improves; results best first (ties: fewer changed ops)."""
+        tried: list[tuple[Candidate, Evaluation]] = []
+        for r in range(self.cfg.rounds_per_step):
+            chunk = ranked[r * self.cfg.per_step : (r + 1) * self.cfg.per_step]
+            for cand in chunk:
+                if self.evaluator.count >= self.cfg.max_evaluations:
+                    break
+                try:
+                    ev = self._eval(self.state.actions + [cand.action])
+                except Exception as exc:  # noqa: BLE001 - a quantizer that rejects one candidate must not end the search
+                    self.state.skipped[cand.action.describe()] = f"the quantizer failed: {str(exc).splitlines()[0][:160]}"
+                    continue
+                tried.append((cand, ev))
+            tried.sort(key=lambda ce: (-ce[1].value, self.changed_ops(self.state.actions + [ce[0].action])))
+            if tried and tried[0][1].value > reference:
+                break
+        return tried
+
+    def _prune(self) -> None:
+        if len(self.state.actions) >= 2:
+            for action in list(reversed(self.state.actions)):
+                rest = [a for a in self.state.actions if a != action]
+                ev = self._eval(rest)
+                if self._within(ev):
+                    self.state.actions = rest
+                    self._row(len(self.state.trajectory), f"- {action.describe()} (pruned)", rest, ev)
+        for i, action in enumerate(list(self.state.actions)):
+            self._narrow(i, action)
+
+    def _narrow(self, index: int, action: Action) -> None:
+        """Shrink a group action (an op type, or several ops) to the members the budget needs, one removal at a time."""
+        members = self._members(action)
+        if len(members) < 2:
+            return
+        keep = list(members)
+        for op in members:
+            if len(keep) == 1:
+                break
+            trial = replace(action, ops=tuple(o for o in keep if o != op), op_type=None) if hasattr(action, "op_type") \
+                else replace(action, ops=tuple(o for o in keep if o != op))
+            if self.builder.unsupported(trial) is not None or self.evaluator.count >= self.cfg.max_evaluations:
+                return
+            actions = self.state.actions[:index] + [trial] + self.state.actions[index + 1 :]
+            ev = self._eval(actions)
+            if self._within(ev):
+                keep.remove(op)
+                self.state.actions = actions
+                self._row(len(self.state.trajectory), f"~ {trial.describe()} (narrowed)", actions, ev)
+
+    def _members(self, action: Action) -> list[str]:
+        """The ops a group action touches, most suspect first (the order of the diagnosis proxies is not kept here:
+        execution order, so earlier ops are tried for removal first and deeper ones, which see more error, stay)."""
+        op_type = getattr(action, "op_type", None)
+        if op_type:
+            return [name for kind, name in self._base_weights if kind == op_type]
+        return list(getattr(action, "ops", ()))
+
+    # -- helpers -------------------------------------------------------------------------------------------------------
+    def _supported(self, action: Action) -> bool:
+        reason = self.builder.unsupported(action)
+        if reason:
+            self.state.skipped[action.describe()] = reason
+        return reason is None
+
+    def _eval(self, actions: list[Action]) -> Evaluation:
+        return self.evaluator.evaluate(self.builder.build(actions))
+
+    def _within(self, ev: Evaluation) -> bool:
+        return ev.drop <= self.cfg.max_drop + 1e-9
+
+    def _row(self, step: int, change: str, actions: list[Action], ev: Evaluation, full: bool = False) -> None:
+        size, float_ops = model_stats(self.builder.build(actions))
+        self.state.trajectory.append(TrajectoryRow(
+            step=step, change=change, metric=round(ev.value, 6), drop=round(ev.drop, 4), size_bytes=size,
+            float_ops=float_ops, latency_ms=round(ev.latency_ms, 3), evaluations=self.evaluator.count,
+            seconds=round(time.perf_counter() - self.start, 2), full=full or ev.samples == len(self.evaluator.dataset),
+        ))
+
+
+def _int8_weight_ops(model: bytes) -> list[tuple[str, str]]:
+    """(op type, output name) of the ops whose weight input is int8 in `model`."""
+    from quantdoctor.backends.tflite.extract import _opcode_name, _schema
+    from quantdoctor.repair.flatbuffer import _name, _unpack
+
+    m = _unpack(model)
+    sg = m.subgraphs[0]
+    out = []
+    for op in sg.operators:
+        inputs = list(op.inputs if op.inputs is not None else [])
+        outputs = [int(t) for t in (op.outputs if op.outputs is not None else []) if t >= 0]
+        if len(inputs) > 1 and inputs[1] >= 0 and outputs and sg.tensors[int(inputs[1])].type == _schema().TensorType.INT8:
+            out.append((_opcode_name(m.operatorCodes[op.opcodeIndex]), _name(sg.tensors[outputs[0]])))
+    return out
