@@ -21,7 +21,12 @@ $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
 	touch $@
 
 setup: $(VENV)/.stamp-base
+# The HTML report's browser test needs Debian's chromium: install it when missing (sudo only when not root).
 setup-dev: $(VENV)/.stamp-dev
+	@command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; } \
+	  || echo "warning: could not install chromium; tests/report/test_browser.py will be skipped" >&2
 
 demo: setup
 	$(VENV)/bin/quantdoctor demo --out $(OUT)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 DEMO_SCHEMES = ("dynamic-per-tensor", "dynamic")
+DEMO_MAX_DROP = 1.0  # points of top-1 agreement the demo repair may leave
 
 
 def _console(width: int | None):
@@ -48,6 +49,11 @@ def run_diagnose(args: argparse.Namespace) -> int:
     if args.out:
         paths = write_outputs(diag, Path(args.out))
         print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    if getattr(args, "model_explorer", None):
+        from quantdoctor.report.model_explorer import write_model_explorer
+
+        paths = write_model_explorer(diag, Path(args.model_explorer), model=getattr(args, "quantized", None))
+        print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0
 
 
@@ -73,6 +79,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from quantdoctor.demo.efficientnet_lite0 import demo_model_path
     from quantdoctor.demo.photos import demo_images
     from quantdoctor.diagnose.pipeline import diagnose
+    from quantdoctor.repair import repair
     from quantdoctor.report.terminal import render
     from quantdoctor.report.write import write_outputs
 
@@ -95,14 +102,31 @@ def run_demo(args: argparse.Namespace) -> int:
         render(diag, console)
         write_outputs(diag, out / scheme)
         results[scheme] = diag
+    broken = min(results, key=lambda k: results[k].model.top1_agreement)
+    console.rule(f"repair {broken} to within {DEMO_MAX_DROP:g} point of float agreement")
+    fixed = repair(
+        model, data, scheme=broken, max_drop=DEMO_MAX_DROP, preprocess="efficientnet-lite",
+        max_samples=args.max_samples, out=out / "repair",
+    )
+    console.print(fixed.summary(), markup=False, highlight=False)
     console.rule("demo summary")
     for scheme, diag in results.items():
         onset = f"error onset at {diag.onset.label} ({diag.onset.sqnr_db:.1f} dB)" if diag.onset else "no error onset"
+        top = diag.findings[0] if diag.findings else None
+        finding = f"top finding: {top.severity.value} {top.mechanism} in {len(top.positions)} op(s)" if top else "no finding"
         console.print(
             f"{scheme:>20}: top-1 agreement with float {diag.model.top1_agreement:.2f}, "
-            f"top-{diag.model.k} {diag.model.topk_agreement:.2f}; {onset}"
+            f"top-{diag.model.k} {diag.model.topk_agreement:.2f}; {onset}; {finding}"
         )
-    console.print(f"reports written to {out}/<scheme>/report.html and report.json")
+    changes = "; ".join(a.describe() for a in fixed.actions) or "none"
+    console.print(
+        f"{'repaired ' + broken:>20}: top-1 agreement {fixed.baseline_metric:.2f} -> {fixed.final_metric:.2f} "
+        f"({'within' if fixed.budget_met else 'NOT within'} {DEMO_MAX_DROP:g} point); changes: {changes}"
+    )
+    console.print(
+        f"reports written to {out}/<scheme>/report.html and report.json; repaired model, recipe and trajectory in "
+        f"{out}/repair/"
+    )
     return 0
 
 

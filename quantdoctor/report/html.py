@@ -19,18 +19,24 @@ def render_html(diagnosis: Diagnosis) -> str:
     """The full report as one HTML document (jinja2, autoescaped: every name from the model is text, never markup)."""
     from markupsafe import Markup
 
-    from quantdoctor.report.plots import error_by_depth_svg
+    from quantdoctor.report import findings_text as ft
+    from quantdoctor.report.figures import report_figures
+    from quantdoctor.report.plots import error_by_depth_svg, excess_caption
 
     template = _environment().get_template("report.html.j2")
     return template.render(
         d=diagnosis,
+        findings=[_finding_view(f, diagnosis) for f in diagnosis.findings],
+        no_findings=ft.no_findings_sentence(diagnosis),
+        margins_sentence=ft.margins_sentence(diagnosis.margins) if diagnosis.margins is not None else "",
+        # matplotlib writes the SVGs and escapes their text itself; they hold no script and no external reference.
+        figures=[(f, Markup(f.svg)) for f in report_figures(diagnosis)],
         header_rows=s.header_rows(diagnosis.run),
         metric_rows=s.metric_rows(diagnosis.model),
         worst_classes=s.worst_class_lines(diagnosis.model),
         onset_sentence=s.onset_sentence(diagnosis),
-        # matplotlib writes the SVG and escapes its text itself; it holds no script and no external reference.
         depth_svg=Markup(error_by_depth_svg(diagnosis)),
-        depth_caption=s.depth_caption(diagnosis),
+        depth_caption=" ".join(t for t in (s.depth_caption(diagnosis), excess_caption(diagnosis)) if t),
         worst_title=s.worst_title(10),
         worst_columns=s.WORST_COLUMNS,
         worst_rows=[(l.position, s.worst_layer_row(l)) for l in diagnosis.worst_layers(10)],
@@ -41,6 +47,31 @@ def render_html(diagnosis: Diagnosis) -> str:
         unmatched_sentence=s.unmatched_sentence(diagnosis),
         timing_sentence=s.timing_sentence(diagnosis.run),
     )
+
+
+def _finding_view(finding, diagnosis: Diagnosis) -> dict[str, Any]:
+    """What the template shows of one finding: badge, title, the sentence (from findings_text) and the evidence."""
+    from quantdoctor.report import findings_text as ft
+
+    evidence = [(k, _format_evidence(v)) for k, v in finding.evidence.items()]
+    evidence.append(("layers", ", ".join(finding.layers) or s.DASH))
+    evidence.append(("positions", ", ".join(str(p) for p in finding.positions) or s.DASH))
+    evidence.append(("score (share of the output error)", _format_evidence(finding.score)))
+    return {
+        "severity": finding.severity.value,
+        "title": ft.mechanism_title(finding.mechanism),
+        "mechanism": finding.mechanism,
+        "sentence": ft.finding_sentence(finding, diagnosis),
+        "evidence": evidence,
+    }
+
+
+def _format_evidence(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return s.DASH if value is None else str(value)
+    if isinstance(value, (int, float)):
+        return s.fmt_num(float(value)) if isinstance(value, float) else str(value)
+    return str(value)
 
 
 def _position(layer) -> int:

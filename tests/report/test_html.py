@@ -18,10 +18,15 @@ def test_self_contained(diagnosis):
 
 def test_contains_the_sections_and_the_figure(diagnosis):
     html = render_html(diagnosis)
-    assert html.count("<svg") == 1 and "</svg>" in html
+    # error by depth, and per-layer SQNR (two ops have an isolated error); no grid, weights or margins data here
+    assert html.count("<svg") == 2 and html.count("</svg>") == 2
     assert "<?xml" not in html and "<!DOCTYPE svg" not in html
-    for section in ("metrics", "onset", "depth", "worst", "layers", "coverage", "run"):
+    for section in ("findings", "metrics", "onset", "depth", "worst", "layers", "coverage", "run"):
         assert f'<section id="{section}">' in html
+    assert '<section id="layer-sqnr" class="figure">' in html
+    order = [html.index(f'id="{name}"') for name in ("findings", "metrics", "depth", "layer-sqnr")]
+    assert order == sorted(order)
+    assert "No finding:" in html
     assert ("Error onset: layer b1_dw_relu (DEPTHWISE_CONV_2D, position 4): "
             "SQNR falls from 31.2 dB at its input to 4.1 dB.") in html
     assert "SQNR stays above 30 dB for the first 4 tensors, then falls to 4.1 dB at b1_dw_relu" in html
@@ -54,3 +59,30 @@ def test_without_labels_or_onset(healthy_diagnosis):
     assert "accuracy" not in html
     assert "No error onset" in html and 'class="onset"' not in html
     assert "Every tensor was matched." in html and "<th>Reason</th>" not in html
+
+
+def test_findings_section_ranks_badges_and_collapses_the_evidence(diagnosis):
+    from markupsafe import escape
+
+    from quantdoctor.diagnose.findings import Finding, Severity
+    from quantdoctor.report.findings_text import finding_sentence
+
+    critical = Finding(
+        "kernel_defect", Severity.CRITICAL, (4,), ("<b>b1_dw_relu</b>",), ("DEPTHWISE_CONV_2D",),
+        evidence={"ops": 1, "op_type": "DEPTHWISE_CONV_2D", "worst_layer": "<b>b1_dw_relu</b>",
+                  "observed_sqnr_db": -6.4, "expected_sqnr_db": 42.8, "excess_db": 49.2,
+                  "weights": "int8 per-tensor hybrid"},
+        fix="keep it in float", score=0.8)
+    info = Finding("float_ops", Severity.INFO, (8,), ("predictions",), ("FULLY_CONNECTED",),
+                   evidence={"float_ops": 1, "inserted_conversions": 0}, score=float("nan"))
+    d = dataclasses.replace(diagnosis, findings=(critical, info))
+    html = render_html(d)
+    section = html[html.index('<section id="findings">'):html.index('<section id="metrics">')]
+    assert section.count("<li") == 2 and section.count("<details>") == 2
+    assert section.index('class="badge critical"') < section.index('class="badge info"')
+    assert "<b>" not in section and "&lt;b&gt;b1_dw_relu&lt;/b&gt;" in section
+    assert str(escape(finding_sentence(critical, d))) in section  # the one sentence findings_text writes
+    evidence = section[section.index("<details>"):section.index("</details>")]
+    assert '<th>excess_db</th><td class="num">49.2</td>' in evidence
+    assert '<th>positions</th><td class="num">4</td>' in evidence
+    assert "No finding:" not in html
