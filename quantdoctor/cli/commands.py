@@ -29,6 +29,8 @@ def _config(args: argparse.Namespace, **over):
         batch_size=args.batch_size,
         top_k=args.top_k,
         max_samples=args.max_samples,
+        explain=not getattr(args, "no_explain", False),
+        explain_samples=getattr(args, "explain_samples", 16),
     )
     fields.update(over)
     return DiagnoseConfig(**fields)

@@ -52,6 +52,10 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="samples per interpreter call (default: 16)")
     p.add_argument("--top-k", type=int, default=3, help="k of the top-k metrics (default: 3)")
     p.add_argument("--max-samples", type=int, default=None, help="evaluate at most this many samples")
+    p.add_argument("--no-explain", action="store_true",
+                   help="only where the models part (skip statistics, per-op isolated/expected error, findings): faster")
+    p.add_argument("--explain-samples", type=int, default=16,
+                   help="samples each op is run on alone for its isolated and expected error (default: 16)")
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:

@@ -5,10 +5,11 @@ quantized one loses far more than the other. Each model is diagnosed against its
 the two diagnoses are aligned (by Keras label, then by position), and the differences are turned into ranked
 `Explanation`s, each stating in numbers how much of the gap it accounts for:
 
-- `margins` / `logit_noise` — the Gaussian margin model of `stats.margins` predicts each side's flip rate from its float
-  top-1 margins and the noise on them. Swapping the worse side's noise for the better side's splits the predicted gap
-  into a part due to smaller margins (more classes crowd the top) and a part due to more noise at the logits:
-  p(m_W, σ_B) − p(m_B, σ_B) and p(m_W, σ_W) − p(m_W, σ_B) (W = worse, B = better side), each over the observed gap.
+- `margins` / `logit_noise` — the Gaussian margin model of `stats.margins` predicts each side's flip rate from its
+  float top-1 margins and the noise on them. Swapping the worse side's noise for the better side's splits the
+  predicted gap into a part due to smaller margins (more classes crowd the top) and a part due to more noise at the
+  logits: p(m_W, σ_B) − p(m_B, σ_B) and p(m_W, σ_W) − p(m_W, σ_B) (W = worse, B = better side), each over the
+  observed gap.
 - `parting_layer` — the first aligned layer where the worse side's accumulated SQNR is `PART_DB` below the other's.
 - `layer_only_in` — a layer whose own error (isolated SQNR, else the SQNR drop across it) is `DEPART_DB` worse on one
   side only.
@@ -131,7 +132,9 @@ class Explanation:
     score: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind.value, "score": self.score, "evidence": dict(self.evidence), "sentence": self.sentence}
+        return {
+            "kind": self.kind.value, "score": self.score, "evidence": dict(self.evidence), "sentence": self.sentence,
+        }
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,9 @@ class Comparison:
         return next((p for p in self.layers if label in (p.label_a, p.label_b)), None)
 
     def to_dict(self) -> dict[str, Any]:
-        side = lambda d: {"run": d.run.to_dict(), "model": d.model.to_dict(), "onset": d.onset.to_dict() if d.onset else None}
+        def side(d: Diagnosis) -> dict[str, Any]:
+            return {"run": d.run.to_dict(), "model": d.model.to_dict(), "onset": d.onset.to_dict() if d.onset else None}
+
         return _json_safe(
             {
                 "tool": "quantdoctor",
@@ -286,7 +291,8 @@ def align_layers(
 
 
 def parting_layer(layers: tuple[LayerPair, ...], worse: str = "b") -> LayerPair | None:
-    """The first aligned layer (in the worse side's order) where the worse side's SQNR is ≥ `PART_DB` below the other's."""
+    """The first aligned layer (in the worse side's order) where the worse side's SQNR is ≥ `PART_DB` below the
+    other's."""
     sign = 1.0 if worse == "b" else -1.0
     ordered = sorted(layers, key=lambda p: p.position_b if worse == "b" else p.position_a)
     return next((p for p in ordered if sign * p.delta_db <= -PART_DB), None)

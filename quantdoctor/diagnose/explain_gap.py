@@ -84,7 +84,8 @@ def _margin_parts(c: Comparison, worse: str, gap: float) -> list:
         out.append((ExplanationKind.MARGINS, ev, margin_part / observed if observed else math.nan))
     noise_part = p_worse - p_swap
     head = c.layers[-1] if c.layers else None
-    if sw > sb or noise_part > 0:
+    head_deficit = 0.0 if head is None else (-1.0 if worse == "b" else 1.0) * head.delta_db
+    if noise_part > 0 or head_deficit >= PART_DB:  # more noise that adds no flips explains nothing
         ev = dict(base, noise_std_worse=sw, noise_std_better=sb, noise_mean_worse=uw, noise_mean_better=ub,
                   noise_rms_worse=mw.noise_rms, noise_rms_better=mb.noise_rms, noise_part=noise_part)
         if head is not None:

@@ -1,0 +1,72 @@
+"""`quantdoctor compare A B --data D`: arguments and what they run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+COMPARE_JSON = "compare.json"
+
+
+def add_parser(sub) -> None:
+    """Add the `compare` subcommand to main's subparsers."""
+    from quantdoctor.cli.main import add_data_options
+
+    c = sub.add_parser("compare", help="two models, each against its quantized version: what explains the gap")
+    c.add_argument("model_a", help="float model A: .keras, .h5, SavedModel directory or float .tflite")
+    c.add_argument("model_b", help="float model B (e.g. the same architecture with more classes)")
+    c.add_argument("--data", required=True, help="evaluation data of A (and of B unless --data-b is given)")
+    c.add_argument("--data-b", metavar="DATA", help="evaluation data of B, if it differs (e.g. other classes)")
+    q = c.add_mutually_exclusive_group(required=True)
+    q.add_argument("--scheme", help="quantize both with this scheme (see `quantdoctor schemes`)")
+    q.add_argument("--quantized-a", metavar="FILE", help="A's quantized .tflite (give --quantized-b too)")
+    c.add_argument("--quantized-b", metavar="FILE", help="B's quantized .tflite")
+    add_data_options(c)
+    c.add_argument("--out", metavar="DIR", help="write compare.json, and each side's report.json in DIR/a and DIR/b")
+    c.add_argument("--json", action="store_true", help="print compare.json to stdout instead of the summary")
+    c.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    c.add_argument("--width", type=int, default=None, help="terminal width for the summary")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from quantdoctor.diagnose.compare import compare
+    from quantdoctor.errors import UserInputError
+
+    if args.quantized_b is not None and args.scheme is not None:
+        raise UserInputError("--quantized-b goes with --quantized-a, not with --scheme; give one way of quantizing")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
+    result = compare(
+        args.model_a, args.model_b, args.data, data_b=args.data_b, scheme=args.scheme,
+        quantized_a=args.quantized_a, quantized_b=args.quantized_b, progress=not args.no_progress and not args.json,
+        preprocess=args.preprocess, resize=args.resize, calib=args.calib, calib_count=args.calib_count,
+        batch_size=args.batch_size, top_k=args.top_k, max_samples=args.max_samples,
+    )
+    if args.json:
+        sys.stdout.write(result.to_json() + "\n")
+    else:
+        sys.stdout.write(result.summary(width=args.width or 100))
+    if out is not None:
+        paths = write_comparison(result, out)
+        print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
+
+
+def write_comparison(result, out: Path) -> list[Path]:
+    """compare.json in `out`, each side's report.json in out/a and out/b; every file replaced atomically.
+
+    All three documents are rendered before the first is written, so a failure leaves no half-written set.
+    """
+    from quantdoctor.report.write import _write_atomic
+
+    documents = {
+        out / COMPARE_JSON: result.to_json() + "\n",
+        out / "a" / "report.json": result.a.to_json() + "\n",
+        out / "b" / "report.json": result.b.to_json() + "\n",
+    }
+    for path, text in documents.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, text)
+    return list(documents)
