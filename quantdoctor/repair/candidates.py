@@ -138,7 +138,10 @@ def rank_candidates(diagnosis: Any, scheme: str, op_names: set[str], max_layers:
             types = {layer.op_type for _, layer in members}
             acts = _group_actions(types.pop() if len(types) == 1 else "", tuple(op for op, _ in members), scheme)
             if len(set(l.op_type for _, l in members)) > 1:
-                acts = [KeepFloat(ops=tuple(op for op, _ in members))]
+                # Mixed op types (e.g. drift over many ops): finer weights for those that have per-tensor ones first,
+                # keeping them all in float only as the last resort.
+                coarse = tuple(op for op, layer in members if layer.op_type in WEIGHTED and _per_tensor_int8(layer))
+                acts = ([PerChannel(ops=coarse)] if coarse else []) + [KeepFloat(ops=tuple(op for op, _ in members))]
         else:
             acts = _layer_actions(members[0][1], members[0][0], scheme)
         for a in acts:

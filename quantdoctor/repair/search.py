@@ -133,7 +133,13 @@ class GreedySearch:
                     self.state.skipped[cand.action.describe()] = f"the quantizer failed: {str(exc).splitlines()[0][:160]}"
                     continue
                 tried.append((cand, ev))
-            tried.sort(key=lambda ce: (-ce[1].value, self.changed_ops(self.state.actions + [ce[0].action])))
+            # Those that meet the budget first, the smallest change among them; then the best metric.
+            tried.sort(key=lambda ce: (
+                not self._within(ce[1]),
+                self.changed_ops(self.state.actions + [ce[0].action]) if self._within(ce[1]) else 0,
+                -ce[1].value,
+                self.changed_ops(self.state.actions + [ce[0].action]),
+            ))
             if tried and tried[0][1].value > reference:
                 break
         return tried
