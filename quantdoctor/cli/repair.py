@@ -23,7 +23,7 @@ def add_parsers(sub) -> None:
     r.add_argument("--max-drop", type=float, default=1.0, help="allowed drop in points of --metric (default: 1.0)")
     r.add_argument("--metric", default="agreement", choices=("agreement", "top1", "topk"),
                    help="agreement = top-1 agreement with float; top1/topk = accuracy on labels")
-    r.add_argument("--out", metavar="DIR", help="write repaired.tflite, recipe.json and repair.json here")
+    r.add_argument("--out", metavar="DIR", help="write repaired.tflite, recipe.json, repair.json and repair.html here")
     r.add_argument("--rank-size", type=int, default=32, help="samples the search ranks candidates on (default: 32)")
     r.add_argument("--preprocess", default="none", help="preset applied to the data (see README; default: none)")
     r.add_argument("--resize", default="crop", choices=("crop", "stretch"), help="how images reach the input size")
@@ -51,7 +51,7 @@ def run_repair(args: argparse.Namespace) -> int:
     )
     print(result.to_json() if args.json else result.summary())
     if args.out:
-        print(f"wrote {Path(args.out) / 'repaired.tflite'}, recipe.json and repair.json", file=sys.stderr)
+        print(f"wrote {Path(args.out) / 'repaired.tflite'}, recipe.json, repair.json and repair.html", file=sys.stderr)
     if not result.budget_met:
         print(f"quantdoctor: {result.message}", file=sys.stderr)
         return EXIT_BUDGET_NOT_MET

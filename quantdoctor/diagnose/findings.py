@@ -9,7 +9,7 @@ The catalogue (one detector each, registered in `DETECTORS`; thresholds are modu
   `EXCESS_DB` below the expected SQNR (simulated from the dequantized weights and the scheme's activation quantization).
   Not quantization noise: the converter or the kernel does not compute what the parameters say.
 - `weight_range_disparity` — per-tensor weights whose output channels span very different ranges (widest / median
-  channel range ≥ `RANGE_RATIO`), so one scale leaves the small channels few levels; per-channel would gain ≥
+  channel range ≥ `WEIGHT_RANGE_RATIO`), so one scale leaves the small channels few levels; per-channel would gain ≥
   `GAIN_DB` of weight SQNR.
 - `activation_outliers` — a quantized activation whose range is set by a few channels or values: range ratio of the
   live channels ≥ `RANGE_RATIO`, or max |x| ≥ `OUTLIER_RATIO` × its 99.9th percentile, and it matters: a typical sample
@@ -45,6 +45,7 @@ from quantdoctor.registry import Registry
 EXCESS_DB = 10.0
 DESTROYED_DB = 10.0  # an isolated SQNR below this means the op's output is mostly noise
 RANGE_RATIO = 10.0
+WEIGHT_RANGE_RATIO = 5.0  # widest / median channel: a ×100 end-to-end spread is ~×10 to the median
 GAIN_DB = 6.0
 OUTLIER_RATIO = 10.0
 CLIP_SHARE = 0.01  # below this, a small calibration set's sampling explains the clipping
@@ -192,7 +193,7 @@ def weight_range_disparity(ctx: Context) -> list[Finding]:
         if r is None or r.granularity != "per-tensor" or (l.excess_db or 0.0) >= EXCESS_DB:
             continue  # an op the kernel breaks is explained by the kernel, not its weights
         gain = r.granularity_gain_db
-        if r.channel_range_ratio >= RANGE_RATIO and gain >= GAIN_DB:
+        if r.channel_range_ratio >= WEIGHT_RANGE_RATIO and gain >= GAIN_DB:
             out.append(
                 _finding(
                     ctx,

@@ -36,8 +36,8 @@ def build_layers(
     `evidence` (float tensor → `probes.Evidence`) and `weight_reports` (quantized op index → WeightReport) add what
     the explain probes measured. `output_error_share` = the op's noise added (increase of the noise-to-signal ratio from
     its worst input to its output) over the sum of all ops' positive noise added: an additive first-order split of the
-    output's error among the ops that built it up; the share of an op that is exact on its own (isolated error at the
-    cap) goes to the ops that feed it, since it only amplifies their error.
+    output's error among the ops that built it up. An op keeps at most its own (isolated) noise; the rest of what grows
+    across it is amplified upstream error and goes to the nearest ops upstream that make error of their own.
     """
     evidence = evidence or {}
     weight_reports = weight_reports or {}
@@ -102,17 +102,37 @@ def _with_shares(layers: list[LayerResult]) -> tuple[LayerResult, ...]:
         max(nsr(l.accumulated.sqnr_db) - nsr(l.input_sqnr_db), 0.0) if l.input_sqnr_db is not None else 0.0
         for l in layers
     ]
-    # An op that computes exactly on its own (isolated SQNR at the cap, e.g. a float op) creates no error: what grows
-    # across it is upstream error it amplifies (a small channel scaled back up), so it is credited to its inputs.
+    # An op creates at most its own (isolated) error; what grows across it beyond that is upstream error it amplifies
+    # (e.g. a small channel scaled back up by the next layer). That excess is credited once to the nearest ops upstream
+    # that make error of their own (ops exact on their own, like a float MEAN, are looked through).
     by_name = {l.float_tensor: i for i, l in enumerate(layers)}
-    for i in reversed(range(len(layers))):
-        layer = layers[i]
-        exact = layer.isolated is not None and layer.isolated.sqnr_db >= SQNR_CAP_DB
-        sources = [by_name[t] for t in layer.input_tensors if t in by_name and by_name[t] < i]
-        if exact and added[i] > 0 and sources:
-            for j in sources:
-                added[j] += added[i] / len(sources)
-            added[i] = 0.0
+
+    def exact(i: int) -> bool:
+        iso = layers[i].isolated
+        return iso is not None and iso.sqnr_db >= SQNR_CAP_DB
+
+    def makers(i: int, seen: set[int]) -> list[int]:
+        out = []
+        for t in layers[i].input_tensors:
+            j = by_name.get(t)
+            if j is None or j >= i or j in seen:
+                continue
+            seen.add(j)
+            out.extend(makers(j, seen) if exact(j) else [j])
+        return out
+
+    credited = list(added)
+    for i, layer in enumerate(layers):
+        if layer.isolated is None:
+            continue
+        own = 0.0 if exact(i) else nsr(layer.isolated.sqnr_db)
+        excess = added[i] - own
+        targets = makers(i, set()) if excess > 0 else []
+        if targets:
+            credited[i] -= excess
+            for j in targets:
+                credited[j] += excess / len(targets)
+    added = credited
     total = sum(added)
     if total <= 0:
         return tuple(layers)

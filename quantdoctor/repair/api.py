@@ -14,6 +14,7 @@ from quantdoctor.errors import DataError, UserInputError
 from quantdoctor.repair.result import RepairResult
 
 MODEL_NAME, RECIPE_NAME, RESULT_NAME = "repaired.tflite", "recipe.json", "repair.json"
+HTML_NAME = "repair.html"
 
 
 def repair(
@@ -111,6 +112,7 @@ def repair(
         final_metric=final.value, actions=tuple(actions), changed_ops=changed, trajectory=trajectory,
         evaluations=evaluator.count, seconds=round(time.perf_counter() - start, 2), budget_met=met,
         skipped=tuple(f"{k}: {v}" for k, v in skipped.items()), message=message, model=repaired,
+        float_model=str(model),
     )
     if out is not None:
         ranges = builder.final_ranges(actions) if builder.ranges else None
@@ -141,16 +143,19 @@ def infer_scheme(model: bytes) -> str:
 
 
 def write_repair(result: RepairResult, recipe: Any, out: Path) -> dict[str, Path]:
-    """Write repaired.tflite, recipe.json and repair.json into `out`, each atomically."""
+    """Write repaired.tflite, recipe.json, repair.json and repair.html into `out`, each atomically."""
     from quantdoctor.demo.cache import atomic_write_bytes
 
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
+    html = result.to_html()  # rendered before anything is written: a failing figure leaves no partial output
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"model": out / MODEL_NAME, "recipe": out / RECIPE_NAME, "result": out / RESULT_NAME}
+    paths = {"model": out / MODEL_NAME, "recipe": out / RECIPE_NAME, "result": out / RESULT_NAME,
+             "html": out / HTML_NAME}
     atomic_write_bytes(paths["model"], result.model)
     atomic_write_bytes(paths["recipe"], (recipe.to_json() + "\n").encode())
     atomic_write_bytes(paths["result"], (result.to_json() + "\n").encode())
+    atomic_write_bytes(paths["html"], html.encode())
     return paths
 
 

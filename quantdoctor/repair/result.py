@@ -47,6 +47,7 @@ class RepairResult:
     skipped: tuple[str, ...]  # actions the backend could not express, with the reason
     message: str
     model: bytes = b""
+    float_model: str = ""  # the float model as the user named it (shown in the HTML header)
 
     @property
     def final_drop(self) -> float:
@@ -62,6 +63,12 @@ class RepairResult:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+    def to_html(self) -> str:
+        """The repair report as one self-contained HTML document (matplotlib and jinja2 load only now)."""
+        from quantdoctor.report.repair_html import render_repair_html
+
+        return render_repair_html(self)
 
     def summary(self) -> str:
         """The terminal view: outcome, changes, and the trajectory table."""

@@ -20,11 +20,12 @@ def test_within_budget_comes_back_unchanged(centred_model_path, tiny_npz, tmp_pa
     assert json.loads((tmp_path / "recipe.json").read_text())["actions"] == []
 
 
-PLANTED = {  # fault: (model builder, options, the only ops the repair may change, the one it must change)
-    "outlier": ("planted_outlier", {"scheme": "int8", "calib_count": 16}, {"c2_relu", "proj_bn"}, "c2_relu"),
-    "gamma": ("planted_gamma_spread", {"scheme": "dynamic-per-tensor"}, {"proj_bn"}, "proj_bn"),
+PLANTED = {  # fault: (model builder, options, the only ops the repair may change, the one it must change, factor)
+    # ×1000: at ×100 the trained model keeps every decision (logit SQNR 18.6 dB), leaving nothing to repair.
+    "outlier": ("planted_outlier", {"scheme": "int8", "calib_count": 16}, {"c2_relu", "proj_bn"}, "c2_relu", 1000.0),
+    "gamma": ("planted_gamma_spread", {"scheme": "dynamic-per-tensor"}, {"proj_bn"}, "proj_bn", None),
     "margins": ("planted_margins", {"scheme": "int8", "calib_count": 16}, {"StatefulPartitionedCall_1:0"},
-                "StatefulPartitionedCall_1:0"),  # the logits op, renamed by the converter as the graph output
+                "StatefulPartitionedCall_1:0", None),  # the logits op, renamed by the converter as the graph output
 }
 
 
@@ -33,9 +34,9 @@ def test_planted_fault_is_repaired_at_its_layer(fault, planted_npz, tmp_path):
     """Each planted fault of the explain tests (tests/planted.py) is repaired with its layer among the only changes."""
     import tests.planted as planted
 
-    builder, options, allowed, required = PLANTED[fault]
+    builder, options, allowed, required, factor = PLANTED[fault]
     path = tmp_path / f"{fault}.keras"
-    getattr(planted, builder)().save(path)
+    (getattr(planted, builder)(factor) if factor else getattr(planted, builder)()).save(path)
     r = repair(path, planted_npz, max_drop=5.0, out=tmp_path / "out", **options)
     assert r.baseline_metric <= 0.95  # the planted fault costs agreement...
     assert r.budget_met and r.final_metric >= 0.95  # ...and the repair wins it back
