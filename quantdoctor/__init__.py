@@ -12,4 +12,9 @@ from quantdoctor.diagnose.config import DiagnoseConfig  # noqa: E402
 from quantdoctor.diagnose.pipeline import diagnose  # noqa: E402
 from quantdoctor.diagnose.results import Diagnosis  # noqa: E402
 
-__all__ = ["diagnose", "Diagnosis", "DiagnoseConfig", "__version__"]
+# Likewise `repair` must be the function, not the `quantdoctor.repair` package; `compare` lives in `diagnose/`.
+from quantdoctor.diagnose.compare import compare  # noqa: E402
+from quantdoctor.repair import apply_recipe  # noqa: E402
+from quantdoctor.repair.api import repair  # noqa: E402
+
+__all__ = ["diagnose", "compare", "repair", "apply_recipe", "Diagnosis", "DiagnoseConfig", "__version__"]

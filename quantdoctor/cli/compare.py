@@ -59,7 +59,7 @@ def write_comparison(result, out: Path) -> list[Path]:
 
     All three documents are rendered before the first is written, so a failure leaves no half-written set.
     """
-    from quantdoctor.report.write import _write_atomic
+    from quantdoctor.files import atomic_write_text as _write_atomic
 
     documents = {
         out / COMPARE_JSON: result.to_json() + "\n",

@@ -59,7 +59,7 @@ def run_repair(args: argparse.Namespace) -> int:
 
 
 def run_apply(args: argparse.Namespace) -> int:
-    from quantdoctor.demo.cache import atomic_write_bytes
+    from quantdoctor.files import atomic_write_bytes
     from quantdoctor.repair.recipe import Recipe, apply_recipe, sha256
 
     recipe = Recipe.load(args.recipe)

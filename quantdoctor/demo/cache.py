@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+
 import os
-import tempfile
 from pathlib import Path
 
 from quantdoctor.errors import UserInputError
@@ -32,27 +32,4 @@ def cache_dir() -> Path:
         raise UserInputError(
             f"cannot create the cache folder {path} ({exc.strerror}); set {CACHE_ENV} to a writable folder"
         ) from exc
-    return path
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` so that readers see either the old file or the whole new one, never half of it.
-
-    The temporary file lives in the same folder because `os.replace` is only atomic within one file system.
-
-    Returns:
-        The path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -95,7 +96,10 @@ def repair(
         repaired = given if given is not None else builder.build([])
     else:
         engine = GreedySearch(builder, evaluator, diagnose_fn, cfg)
-        actions, final = engine.run()
+        try:
+            actions, final = engine.run()
+        finally:
+            diagnose_fn.cleanup()
         trajectory, skipped, changed = tuple(engine.state.trajectory), engine.state.skipped, engine.changed_ops(actions)
         repaired = builder.build(actions)
         final = evaluator.evaluate(repaired, full=True)  # fresh, full evaluation of the exact bytes to be written
@@ -144,7 +148,7 @@ def infer_scheme(model: bytes) -> str:
 
 def write_repair(result: RepairResult, recipe: Any, out: Path) -> dict[str, Path]:
     """Write repaired.tflite, recipe.json, repair.json and repair.html into `out`, each atomically."""
-    from quantdoctor.demo.cache import atomic_write_bytes
+    from quantdoctor.files import atomic_write_bytes
 
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
@@ -203,4 +207,5 @@ def _diagnoser(float_model: bytes, eval_ds: Any, evaluator: Any, batch_size: int
         evaluator.count += 1
         return diagnose(float_path, subset, quantized=q_path, batch_size=batch_size)
 
+    run.cleanup = lambda: shutil.rmtree(folder, ignore_errors=True)  # type: ignore[attr-defined]
     return run

@@ -45,6 +45,7 @@ class GreedySearch:
     def __init__(self, builder: Builder, evaluator: Evaluator, diagnose: Callable[[bytes], Any], config: SearchConfig):
         self.builder, self.evaluator, self.diagnose, self.cfg = builder, evaluator, diagnose, config
         self.state = SearchState()
+        self._why: dict[Action, Any] = {}  # the diagnosis each kept action was chosen from (to order its members)
         self.start = time.perf_counter()
         self.names = {name for _, name in builder.ops}
         self._base_weights = _int8_weight_ops(builder.build([]))
@@ -91,6 +92,7 @@ class GreedySearch:
             better = [(c, e) for c, e in tried if e.value > current.value]
             if better:
                 cand, ev = better[0]
+                self._why[cand.action] = diagnosis
                 history.append((current, tried))
                 self.state.actions.append(cand.action)
                 current = ev
@@ -156,16 +158,22 @@ class GreedySearch:
             self._narrow(i, action)
 
     def _narrow(self, index: int, action: Action) -> None:
-        """Shrink a group action (an op type, or several ops) to the members the budget needs, one removal at a time."""
+        """Shrink a group action (an op type, or several ops) to the members the budget needs.
+
+        Members the diagnosis the action was chosen from shows as defects (observed error ≥ 10× what their parameters
+        predict) are kept without trying; the others are dropped one at a time in execution order while the budget
+        holds (a dropped member stays dropped).
+        """
         members = self._members(action)
         if len(members) < 2:
             return
+        proxy = self._member_proxies(action)
         keep = list(members)
-        for op in members:
+        for op in [m for m in members if not proxy.get(m, (0.0, False))[1]]:
             if len(keep) == 1:
                 break
-            trial = replace(action, ops=tuple(o for o in keep if o != op), op_type=None) if hasattr(action, "op_type") \
-                else replace(action, ops=tuple(o for o in keep if o != op))
+            ops = tuple(o for o in keep if o != op)
+            trial = replace(action, ops=ops, op_type=None) if hasattr(action, "op_type") else replace(action, ops=ops)
             if self.builder.unsupported(trial) is not None or self.evaluator.count >= self.cfg.max_evaluations:
                 return
             actions = self.state.actions[:index] + [trial] + self.state.actions[index + 1 :]
@@ -174,6 +182,18 @@ class GreedySearch:
                 keep.remove(op)
                 self.state.actions = actions
                 self._row(len(self.state.trajectory), f"~ {trial.describe()} (narrowed)", actions, ev)
+
+    def _member_proxies(self, action: Action) -> dict[str, tuple[float, bool]]:
+        """Member op → (proxy noise, whether it is a defect) from the diagnosis the action was chosen from."""
+        from quantdoctor.repair.candidates import DEFECT_RATIO, _defect_ratio, layer_proxy
+
+        diagnosis = self._why.get(action)
+        out: dict[str, tuple[float, bool]] = {}
+        for layer in getattr(diagnosis, "layers", ()):
+            op = layer.float_tensor if layer.float_tensor in self.names else layer.quant_tensor
+            noise, _ = layer_proxy(layer)
+            out[op] = (noise, _defect_ratio(layer, noise) >= DEFECT_RATIO)
+        return out
 
     def _members(self, action: Action) -> list[str]:
         """The ops a group action touches, most suspect first (the order of the diagnosis proxies is not kept here:

@@ -145,7 +145,7 @@ def write_model_explorer(
     Raises:
         UserInputError: `out_dir` exists and is not a folder, or `model` is a path that cannot be read.
     """
-    from quantdoctor.report.write import _write_atomic
+    from quantdoctor.files import atomic_write_text as _write_atomic
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from quantdoctor.diagnose.results import Diagnosis
 from quantdoctor.errors import UserInputError
+from quantdoctor.files import atomic_write_text
 
 JSON_NAME = "report.json"
 HTML_NAME = "report.html"
@@ -36,7 +36,7 @@ def write_outputs(diagnosis: Diagnosis, out_dir: str | os.PathLike[str]) -> dict
     written = {}
     for key, (name, text) in documents.items():
         written[key] = out / name
-        _write_atomic(written[key], text)
+        atomic_write_text(written[key], text)
     for repro in diagnosis.repros:
         from quantdoctor.backends.tflite.extract import write_repro
 
@@ -44,18 +44,3 @@ def write_outputs(diagnosis: Diagnosis, out_dir: str | os.PathLike[str]) -> dict
         write_repro(repro.model, repro.op_index, list(repro.inputs), folder)
         written[f"repro:{repro.op_index}"] = folder
     return written
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename over `path` (a rename within a folder is atomic)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private (0600); a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -3,7 +3,6 @@ hand, margins and a margin-swap experiment in plain numpy)."""
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from quantdoctor import files
 from quantdoctor.demo import cache
 
 
@@ -23,8 +24,8 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
 
 def test_atomic_write_replaces_whole_file(tmp_path):
     target = tmp_path / "sub" / "out.bin"
-    assert cache.atomic_write_bytes(target, b"first") == target
-    cache.atomic_write_bytes(target, b"second version")
+    assert files.atomic_write_bytes(target, b"first") == target
+    files.atomic_write_bytes(target, b"second version")
     assert target.read_bytes() == b"second version"
     assert os.listdir(target.parent) == ["out.bin"]
 
@@ -36,8 +37,8 @@ def test_failed_atomic_write_keeps_old_content_and_no_temp_file(tmp_path, monkey
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(cache.os, "replace", failing_replace)
+    monkeypatch.setattr(files.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
-        cache.atomic_write_bytes(target, b"new")
+        files.atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["out.bin"]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from quantdoctor.cli.main import main
-from quantdoctor.repair import Recipe, apply_recipe, repair
-from quantdoctor.repair.actions import KeepFloat, short_name
+from quantdoctor.repair import apply_recipe, repair
+from quantdoctor.repair.actions import short_name
 
 
 def test_within_budget_comes_back_unchanged(centred_model_path, tiny_npz, tmp_path):

@@ -8,8 +8,6 @@ subgraph, which are the indices LiteRT reports when no delegate is applied (as i
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from quantdoctor.errors import ModelLoadError, UserInputError
+from quantdoctor.files import atomic_write_bytes
 from quantdoctor.stats.grid import round_half_away
 
 # Ops that call other subgraphs; cutting them out would need those subgraphs too.
@@ -319,14 +318,14 @@ def write_repro(model: bytes, op_index: int, input_arrays: Sequence[np.ndarray],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / f"op_{op_index}_{_safe(kind)}.tflite"
-    _atomic_write(model_path, extract_op(data, op_index))
+    atomic_write_bytes(model_path, extract_op(data, op_index))
     written = [model_path]
     for k, (t, array) in enumerate(zip(io.inputs, input_arrays, strict=True)):
         path = out / f"op_{op_index}_input{k}.npy"
-        _atomic_write(path, _npy_bytes(to_tensor_dtype(array, *tensor_quantization(data, t))))
+        atomic_write_bytes(path, _npy_bytes(to_tensor_dtype(array, *tensor_quantization(data, t))))
         written.append(path)
     readme = out / "README.txt"
-    _atomic_write(readme, _readme(m, op_index, kind, io, [p.name for p in written]).encode())
+    atomic_write_bytes(readme, _readme(m, op_index, kind, io, [p.name for p in written]).encode())
     written.append(readme)
     return written
 
@@ -439,14 +438,3 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
