@@ -147,6 +147,21 @@ def rank_candidates(diagnosis: Any, scheme: str, op_names: set[str], max_layers:
         for a in acts:
             out.append(Candidate(a, bonus * (share + 0.01) * PREFERENCE[type(a)], reason))
 
+    # One mechanism in several ops (e.g. weight range disparity in ten convs) gets one candidate for all of them: their
+    # errors add up at the output, so fixing one at a time may show no gain on a small ranking set.
+    by_mechanism: dict[str, list] = {}
+    for finding in getattr(diagnosis, "findings", ()) or ():
+        if getattr(finding, "mechanism", "") == "weight_range_disparity":
+            by_mechanism.setdefault(finding.mechanism, []).append(finding)
+    for mechanism, found in by_mechanism.items():
+        members = [by_position[p] for f in found for p in f.positions if p in by_position]
+        ops = tuple(dict.fromkeys(op for op, layer in members if _per_tensor_int8(layer)))
+        if len(ops) > 1:
+            score = sum(s for s, op, *_ in scored if op in ops) / total
+            score = max(score, sum(f.score for f in found if f.score == f.score))
+            out.append(Candidate(PerChannel(ops=ops), FINDING_BONUS["critical"] * (score + 0.01) * PREFERENCE[PerChannel],
+                                 f"{len(ops)} {mechanism} findings"))
+
     scored.sort(key=lambda s: -s[0])
     for score, op, layer, why in scored[:max_layers]:
         for a in _layer_actions(layer, op, scheme):
