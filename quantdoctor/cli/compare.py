@@ -11,7 +11,7 @@ COMPARE_JSON = "compare.json"
 
 def add_parser(sub) -> None:
     """Add the `compare` subcommand to main's subparsers."""
-    from quantdoctor.cli.main import add_data_options
+    from quantdoctor.cli.main import add_data_options, add_explain_options
 
     c = sub.add_parser("compare", help="two models, each against its quantized version: what explains the gap")
     c.add_argument("model_a", help="float model A: .keras, .h5, SavedModel directory or float .tflite")
@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
     q.add_argument("--quantized-a", metavar="FILE", help="A's quantized .tflite (give --quantized-b too)")
     c.add_argument("--quantized-b", metavar="FILE", help="B's quantized .tflite")
     add_data_options(c)
+    add_explain_options(c)
     c.add_argument("--out", metavar="DIR", help="write compare.json, and each side's report.json in DIR/a and DIR/b")
     c.add_argument("--json", action="store_true", help="print compare.json to stdout instead of the summary")
     c.add_argument("--no-progress", action="store_true", help="do not show progress bars")

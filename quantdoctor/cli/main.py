@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--scheme", help="quantize with this scheme (see `quantdoctor schemes`)")
     q.add_argument("--quantized", metavar="FILE", help="a quantized .tflite made elsewhere from the same model")
     add_data_options(d)
+    add_explain_options(d)
     add_output_options(d)
 
     s = sub.add_parser("schemes", help="list the quantization schemes and the converter settings behind each")
@@ -52,6 +53,9 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="samples per interpreter call (default: 16)")
     p.add_argument("--top-k", type=int, default=3, help="k of the top-k metrics (default: 3)")
     p.add_argument("--max-samples", type=int, default=None, help="evaluate at most this many samples")
+
+
+def add_explain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-explain", action="store_true",
                    help="only where the models part (skip statistics, per-op isolated/expected error, findings): faster")
     p.add_argument("--explain-samples", type=int, default=16,

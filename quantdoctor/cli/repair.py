@@ -25,13 +25,9 @@ def add_parsers(sub) -> None:
                    help="agreement = top-1 agreement with float; top1/topk = accuracy on labels")
     r.add_argument("--out", metavar="DIR", help="write repaired.tflite, recipe.json, repair.json and repair.html here")
     r.add_argument("--rank-size", type=int, default=32, help="samples the search ranks candidates on (default: 32)")
-    r.add_argument("--preprocess", default="none", help="preset applied to the data (see README; default: none)")
-    r.add_argument("--resize", default="crop", choices=("crop", "stretch"), help="how images reach the input size")
-    r.add_argument("--calib", metavar="DATA", help="calibration data (default: part of --data, excluded from evaluation)")
-    r.add_argument("--calib-count", type=int, default=100, help="samples of --data used to calibrate (default: 100)")
-    r.add_argument("--batch-size", type=int, default=16, help="samples per interpreter call (default: 16)")
-    r.add_argument("--top-k", type=int, default=3, help="k of the top-k metric (default: 3)")
-    r.add_argument("--max-samples", type=int, default=None, help="evaluate at most this many samples")
+    from quantdoctor.cli.main import add_data_options
+
+    add_data_options(r)
     r.add_argument("--json", action="store_true", help="print the result as JSON instead of the summary")
 
     a = sub.add_parser("apply", help="re-apply a repair recipe to the float model it was made from")

@@ -192,17 +192,17 @@ class _Run:
         return eval_ds, calib_ds, text
 
     def _quantize(self, source, keras_model, calib_ds) -> bytes:
-        from quantdoctor.quantize.converter import convert
+        from quantdoctor.quantize.converter import calibration_from, convert
 
         with self.prog.step("convert_quant", f"quantizing ({self.cfg.scheme})"):
             target = source if source.kind != "keras" else keras_model
-            return convert(target, self.cfg.scheme, _calibration(calib_ds))
+            return convert(target, self.cfg.scheme, calibration_from(calib_ds))
 
     def _calibrated_pair(self, keras_model, calib_ds) -> tuple[bytes, bytes]:
-        from quantdoctor.quantize.converter import convert_calibrated_pair
+        from quantdoctor.quantize.converter import calibration_from, convert_calibrated_pair
 
         with self.prog.step("convert_quant", f"calibrating and quantizing ({self.cfg.scheme})"):
-            return convert_calibrated_pair(keras_model, self.cfg.scheme, _calibration(calib_ds))
+            return convert_calibrated_pair(keras_model, self.cfg.scheme, calibration_from(calib_ds))
 
     def _check_compatible(self, float_runner, quant_runner) -> None:
         from quantdoctor.errors import ModelLoadError
@@ -275,18 +275,6 @@ def _repros(findings, diagnosis, probes, quant_bytes) -> tuple:
         if inputs:
             out.append(Repro(layer.position, layer.op_type, quant_bytes, inputs))
     return tuple(out)
-
-
-def _calibration(calib_ds):
-    """The converter's calibration callable: one float batch per sample, read lazily."""
-    if calib_ds is None:
-        return None
-
-    def calibration():
-        for x, _ in calib_ds.batches(1):
-            yield x
-
-    return calibration
 
 
 def _keras_input_shape(model) -> tuple[int, ...]:

@@ -130,12 +130,22 @@ def convert_calibrated_pair(
     """
     if not supports_calibrated_pair(scheme):
         raise UserInputError(f"scheme '{scheme}' is not a full-integer int8 scheme; use convert() for it")
-    spec = SCHEMES.get(scheme)
     calibrated = convert(source, scheme, calibration, calibrate_only=True)
+    return calibrated, requantize(calibrated, scheme)
+
+
+def requantize(calibrated: bytes, scheme: str, denylisted_nodes: Sequence[str] = ()) -> bytes:
+    """Quantize a calibrated float .tflite as the converter's int8 path does (`mlir_quantize` with the scheme's
+    granularity and I/O type); ops writing `denylisted_nodes` (full output tensor names) stay float.
+
+    Raises:
+        ConversionError: the quantizer rejected the model.
+    """
     quiet_tensorflow_logging()
     import tensorflow as tf
     from tensorflow.lite.python.convert import mlir_quantize
 
+    spec = SCHEMES.get(scheme)
     io_type = getattr(tf, spec.io_type) if spec.io_type else tf.float32
     with captured_native_stderr(), contextlib.redirect_stdout(io.StringIO()):
         try:
@@ -144,12 +154,25 @@ def convert_calibrated_pair(
                 disable_per_channel=not spec.per_channel,
                 input_data_type=io_type,
                 output_data_type=io_type,
+                denylisted_nodes=list(denylisted_nodes) or None,
             )
         except Exception as exc:
             raise ConversionError(
                 f"TFLite quantization ({scheme}) failed: {condense_converter_message(str(exc))}", details=str(exc)
             ) from exc
-    return calibrated, bytes(quantized)
+    return bytes(quantized)
+
+
+def calibration_from(dataset) -> Calibration | None:
+    """The converter's calibration callable over a `Dataset`: one float batch per sample, read lazily."""
+    if dataset is None:
+        return None
+
+    def calibration():
+        for x, _ in dataset.batches(1):
+            yield x
+
+    return calibration
 
 
 def _from_tflite(source: ModelSource, scheme: str | None, calibration: Calibration | None) -> bytes:

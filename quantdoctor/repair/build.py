@@ -84,13 +84,13 @@ class Builder:
 
         `float_tflite` skips the float conversion for the ai-edge-quantizer backend when the caller has one already.
         """
-        from quantdoctor.quantize.converter import convert
+        from quantdoctor.quantize.converter import calibration_from, convert
         from quantdoctor.quantize.schemes import SCHEMES
 
         spec = SCHEMES.get(scheme)
         kind = getattr(source, "kind", "keras")
         backend = choose_backend(scheme, kind)
-        calibration = _calibration(calib_ds)
+        calibration = calibration_from(calib_ds)
         if spec.needs_calibration and calib_ds is None:
             raise UserInputError(f"scheme '{scheme}' needs calibration data; give --calib or more --data")
         if backend == Backend.CONVERTER:
@@ -174,30 +174,12 @@ class Builder:
         return self._range_cache[action]
 
     def _build_converter(self, actions: Sequence[Action], ranges: Ranges) -> bytes:
-        import tensorflow as tf
-        from tensorflow.lite.python.convert import mlir_quantize
+        from quantdoctor.quantize.converter import requantize
 
-        from quantdoctor.quantize.converter import ConversionError, captured_native_stderr, condense_converter_message
-        from quantdoctor.quantize.schemes import SCHEMES
-
-        spec = SCHEMES.get(self.scheme)
-        io_type = getattr(tf, spec.io_type) if spec.io_type else tf.float32
         # Always re-packed with the ranges written, so a recipe replay (stored ranges) feeds mlir_quantize the same bytes.
         calibrated = write_ranges(self.float_model, ranges)
         denied = sorted({op for a in actions if isinstance(a, KeepFloat) for op in a.ops})
-        with captured_native_stderr(), contextlib.redirect_stdout(io.StringIO()):
-            try:
-                quantized = mlir_quantize(
-                    calibrated,
-                    disable_per_channel=not spec.per_channel,
-                    input_data_type=io_type,
-                    output_data_type=io_type,
-                    denylisted_nodes=denied or None,
-                )
-            except Exception as exc:
-                message = condense_converter_message(str(exc))
-                raise ConversionError(f"TFLite quantization ({self.scheme}) failed: {message}", str(exc)) from exc
-        return bytes(quantized)
+        return requantize(calibrated, self.scheme, denied)
 
     def _build_aeq(self, actions: Sequence[Action], ranges: Ranges) -> bytes:
         from quantdoctor.quantize.recipes import recipe_for
@@ -285,14 +267,3 @@ def _aeq_calibrate(float_model: bytes, scheme: str, calibration: Any) -> Ranges:
         engine.load_quantization_recipe(recipe_for(scheme))
         result = engine.calibrate({signature: samples})
     return {k: (float(np.min(v["min"])), float(np.max(v["max"]))) for k, v in result.items() if "min" in v}
-
-
-def _calibration(calib_ds: Any):
-    if calib_ds is None:
-        return None
-
-    def calibration():
-        for x, _ in calib_ds.batches(1):
-            yield x
-
-    return calibration
