@@ -230,7 +230,7 @@ class GridCoverage:
     few_levels_share: float
     levels_histogram: tuple[int, ...]
     qmin: int = -128
-    scale: float = math.nan  # the grid's step in "static" mode (level value = scale · (level − zero_point)); nan if dynamic
+    scale: float | None = None  # the step in "static" mode (level value = scale · (level − zero_point)); None if dynamic
     zero_point: int = 0
     occupancy: tuple[int, ...] = ()
     first_sample_occupancy: tuple[int, ...] = ()
@@ -346,7 +346,7 @@ class GridCoverageAccumulator:
             few_levels_share=int(self.levels_histogram[: self.few + 1].sum()) / n if n else math.nan,
             levels_histogram=tuple(int(c) for c in self.levels_histogram),
             qmin=self.qmin,
-            scale=math.nan if self.settings[0] is None else self.settings[0],
+            scale=self.settings[0],
             zero_point=self.settings[1],
             occupancy=tuple(int(c) for c in self.occupancy),
             first_sample_occupancy=tuple(int(c) for c in (self.first_sample if self.first_sample is not None else ())),
