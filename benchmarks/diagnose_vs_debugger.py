@@ -5,7 +5,9 @@ evaluated. Each contender runs in its own fresh process (so peak RSS is its own)
 common set-up (imports, loading the Keras model, decoding the photos), which every contender needs alike.
 
   (a) floor     one int8 conversion + one float Keras pass + one quantized LiteRT pass (XNNPACK, nothing captured)
-  (b) diagnose  quantdoctor.diagnose(..., scheme="int8"): conversion(s), both passes with every tensor captured, metrics
+  (b) diagnose  quantdoctor.diagnose(..., scheme="int8"): conversion(s), both passes with every tensor captured, metrics,
+                and the explain probes (statistics, grid coverage, isolated/expected error per op, weights, findings);
+                "diagnose --no-explain" is the same without the probes
   (c) debugger  QuantizationDebugger(converter, debug_dataset).run() + layer_statistics_dump
 
 Run:  .venv/bin/python benchmarks/diagnose_vs_debugger.py
@@ -82,12 +84,12 @@ def part_floor(model_path, model, data, x) -> dict:
     return {"seconds": t3 - t0, "convert": t1 - t0, "float_pass": t2 - t1, "quant_pass": t3 - t2, "agreement": agree}
 
 
-def part_diagnose(model_path, model, data, x) -> dict:
+def part_diagnose(model_path, model, data, x, explain: bool = True) -> dict:
     from quantdoctor import diagnose
 
     calib = data.subset(np.arange(CALIB))
     t0 = time.perf_counter()
-    d = diagnose(model_path, data, scheme="int8", calib=calib, batch_size=16)
+    d = diagnose(model_path, data, scheme="int8", calib=calib, batch_size=16, explain=explain)
     t1 = time.perf_counter()
     return {"seconds": t1 - t0, "steps": d.run.seconds, "agreement": d.model.top1_agreement,
             "tensors_compared": len(d.layers)}
@@ -113,7 +115,16 @@ def part_debugger(model_path, model, data, x) -> dict:
     return {"seconds": t1 - t0, "tensors_compared": len(buf.getvalue().splitlines()) - 1}
 
 
-PARTS = {"floor": part_floor, "diagnose": part_diagnose, "debugger": part_debugger}
+def part_diagnose_where(model_path, model, data, x) -> dict:
+    return part_diagnose(model_path, model, data, x, explain=False)
+
+
+PARTS = {
+    "floor": part_floor,
+    "diagnose": part_diagnose,  # where + explain (the default)
+    "diagnose --no-explain": part_diagnose_where,
+    "debugger": part_debugger,
+}
 
 
 def _child(name: str) -> None:
