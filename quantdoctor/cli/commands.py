@@ -110,7 +110,7 @@ def run_demo(args: argparse.Namespace) -> int:
         model, data, scheme=broken, max_drop=DEMO_MAX_DROP, preprocess="efficientnet-lite",
         max_samples=args.max_samples, out=out / "repair",
     )
-    console.print(fixed.summary(), markup=False, highlight=False)
+    console.print(fixed.summary(), markup=False, highlight=False, soft_wrap=True)  # tables: no re-wrapping
     console.rule("demo summary")
     for scheme, diag in results.items():
         onset = f"error onset at {diag.onset.label} ({diag.onset.sqnr_db:.1f} dB)" if diag.onset else "no error onset"

@@ -22,6 +22,10 @@ def _times(v: float | None) -> str:
     return "unbounded" if math.isinf(v) else f"{v:.0f}×" if v >= 10 else f"{v:.1f}×"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _names(layers: tuple[str, ...], n: int = 3) -> str:
     shown = ", ".join(layers[:n])
     return shown + (f" and {len(layers) - n} more" if len(layers) > n else "")
@@ -29,7 +33,8 @@ def _names(layers: tuple[str, ...], n: int = 3) -> str:
 
 def _kernel_defect(e: dict[str, Any], where: str) -> str:
     return (
-        f"{e['ops']} {e['op_type']} op(s) ({where}) compute far worse than their own quantization parameters predict: "
+        f"{_count(e['ops'], e['op_type'] + ' op')} ({where}) compute{'s' if e['ops'] == 1 else ''} far worse than "
+        f"{'its' if e['ops'] == 1 else 'their'} own quantization parameters predict: "
         f"at {e['worst_layer']} the runtime gives {fmt_db(e['observed_sqnr_db'])} dB SQNR where its dequantized weights "
         f"and input grid predict {fmt_db(e['expected_sqnr_db'])} dB ({fmt_db(e['excess_db'])} dB excess). "
         f"This is a converter or kernel defect ({e['weights'] or 'weights as stored'}), not quantization noise."
