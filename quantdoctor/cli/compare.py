@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 COMPARE_JSON = "compare.json"
+COMPARE_HTML = "compare.html"
 
 
 def add_parser(sub) -> None:
@@ -24,7 +25,8 @@ def add_parser(sub) -> None:
     c.add_argument("--quantized-b", metavar="FILE", help="B's quantized .tflite")
     add_data_options(c)
     add_explain_options(c)
-    c.add_argument("--out", metavar="DIR", help="write compare.json, and each side's report.json in DIR/a and DIR/b")
+    c.add_argument("--out", metavar="DIR",
+                   help="write compare.json, compare.html, and each side's report.json in DIR/a and DIR/b")
     c.add_argument("--json", action="store_true", help="print compare.json to stdout instead of the summary")
     c.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     c.add_argument("--width", type=int, default=None, help="terminal width for the summary")
@@ -56,14 +58,15 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def write_comparison(result, out: Path) -> list[Path]:
-    """compare.json in `out`, each side's report.json in out/a and out/b; every file replaced atomically.
+    """compare.json and compare.html in `out`, each side's report.json in out/a and out/b; each replaced atomically.
 
-    All three documents are rendered before the first is written, so a failure leaves no half-written set.
+    All four documents are rendered before the first is written, so a failure leaves no half-written set.
     """
     from quantdoctor.files import atomic_write_text as _write_atomic
 
     documents = {
         out / COMPARE_JSON: result.to_json() + "\n",
+        out / COMPARE_HTML: result.to_html(),
         out / "a" / "report.json": result.a.to_json() + "\n",
         out / "b" / "report.json": result.b.to_json() + "\n",
     }

@@ -211,6 +211,12 @@ class Comparison:
 
         return render_text(self, width=width)
 
+    def to_html(self) -> str:
+        """The comparison as one self-contained HTML page (what `compare --out` writes as compare.html)."""
+        from quantdoctor.report.compare_html import render_compare_html
+
+        return render_compare_html(self)
+
 
 def compare(
     model_a: str | Path,

@@ -139,6 +139,19 @@ def render(c, console) -> None:
     table = Table(box=box.SIMPLE, title="quantized vs float, each model")
     for col in ("metric", "A", "B", "B − A"):
         table.add_column(col, justify="left" if col == "metric" else "right")
+    for row in metric_rows(c):
+        table.add_row(*row)
+    console.print(table)
+    console.print(gap_sentence(c))
+    console.print("What explains the gap (ranked):")
+    for i, e in enumerate(c.explanations, 1):
+        console.print(f" {i}. {e.sentence}")
+    console.print(alignment_sentence(c))
+
+
+def metric_rows(c) -> list[tuple[str, str, str, str]]:
+    """(metric title, A, B, B − A) as text for every metric either side has (shared by the terminal and HTML)."""
+    rows = []
     k = c.a.model.k
     for m in c.metrics:
         if m.a is None and m.b is None:
@@ -146,19 +159,23 @@ def render(c, console) -> None:
         fmt = fmt_db if m.name.endswith("_db") else fmt_ratio
         gap = m.gap_points
         gap_text = "-" if gap is None else (f"{gap:+.1f} dB" if m.name.endswith("_db") else f"{gap:+.1f} pts")
-        table.add_row(METRIC_TITLES[m.name].replace("top-k", f"top-{k}"), fmt(m.a), fmt(m.b), gap_text)
-    console.print(table)
+        rows.append((METRIC_TITLES[m.name].replace("top-k", f"top-{k}"), fmt(m.a), fmt(m.b), gap_text))
+    return rows
+
+
+def gap_sentence(c) -> str:
+    """Which model loses more top-1 agreement with its float model, in points (shared by the terminal and HTML)."""
     gap = c.gap_points
     if math.isnan(gap) or gap == 0:
-        console.print("A and B lose the same share of top-1 agreement.")
-    else:
-        more, less = ("B", "A") if gap > 0 else ("A", "B")
-        console.print(f"{more} loses {abs(gap):.1f} points more top-1 agreement with its float model than {less}.")
-    console.print("What explains the gap (ranked):")
-    for i, e in enumerate(c.explanations, 1):
-        console.print(f" {i}. {e.sentence}")
+        return "A and B lose the same share of top-1 agreement."
+    more, less = ("B", "A") if gap > 0 else ("A", "B")
+    return f"{more} loses {abs(gap):.1f} points more top-1 agreement with its float model than {less}."
+
+
+def alignment_sentence(c) -> str:
+    """How many layers were aligned and how, and the first few unaligned ones."""
     by_label = sum(1 for p in c.layers if p.method.value == "label")
-    console.print(
+    return (
         f"Layers: {len(c.layers)} aligned ({by_label} by Keras label, {len(c.layers) - by_label} by position); "
         f"{len(c.unaligned)} unaligned" + (": " + ", ".join(f"{u.side.upper()}:{u.label}" for u in c.unaligned[:6])
                                            if c.unaligned else ".")
