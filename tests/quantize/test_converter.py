@@ -122,11 +122,13 @@ def test_converted_model_agrees_with_keras(model, converted, data, scheme, limit
 
 
 def test_dynamic_per_tensor_breaks_the_tiny_model(model, converted, data):
-    # The demo case in miniature. Measured: the output error is large and changes from run to run (1.5 to 3.4, inf
+    # The demo case in miniature. Measured: the output error is large and changes from run to run (0.28 to 3.4, inf
     # on a model that is a single depthwise conv), because LiteRT's hybrid DEPTHWISE_CONV_2D kernel reads one scale
     # per channel past the single per-tensor scale. Per-tensor conv and dense weights are fine (0.006).
+    # Seen from 0.28 to inf over CI runs: assert it against the per-channel model's error, not a fixed level.
     error = relative_error(model, converted["dynamic-per-tensor"], data)
-    assert not error < 0.5  # also true for nan/inf
+    per_channel = relative_error(model, converted["dynamic"], data)
+    assert not error < 5 * per_channel  # also true for nan/inf
 
 
 def test_float_has_no_integer_tensors(converted):
