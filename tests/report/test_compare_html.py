@@ -2,8 +2,9 @@
 captions computed from the comparison, no external reference, hostile names escaped; `compare --out` writes it; (with
 Chromium) the page loads without errors and is not blank.
 
-The comparison is real and cheap: the tiny model with 12 classes under int8 against the tiny model with 40 classes
-under dynamic-per-tensor, whose hybrid depthwise kernel breaks (see README), so the two part at b1_dw_relu.
+The comparison is real and cheap: the tiny model with 12 classes under int8 against the tiny model with 40 classes under
+`dynamic` whose b1_expand int8 weights are scrambled (a deterministic fault, unlike LiteRT's broken hybrid per-tensor
+depthwise kernel, whose error varies by run), so the two part at b1_expand_relu.
 """
 
 from __future__ import annotations
@@ -27,9 +28,15 @@ def comparison(tiny_model_path, tiny_npz, tmp_path_factory):
     from tests.conftest import build_tiny_model
 
     b_path = tmp_path_factory.mktemp("models_b") / "tiny40.keras"
-    build_tiny_model(num_classes=40).save(b_path)
     a = diagnose(tiny_model_path, tiny_npz, scheme="int8", calib_count=16)
-    b = diagnose(b_path, tiny_npz, scheme="dynamic-per-tensor", calib_count=16)
+    from quantdoctor.quantize.converter import convert
+    from tests.diagnose.test_pipeline import _corrupt_weights
+
+    model_b = build_tiny_model(num_classes=40)
+    model_b.save(b_path)
+    q_path = b_path.with_name("tiny40-scrambled.tflite")
+    q_path.write_bytes(_corrupt_weights(convert(model_b, "dynamic"), "b1_expand"))
+    b = diagnose(b_path, tiny_npz, quantized=q_path)
     return compare_diagnoses(a, b, str(tiny_model_path), str(b_path))
 
 
@@ -59,10 +66,10 @@ def test_one_row_per_aligned_layer_and_the_parting_row_marked(comparison, html):
     assert len(rows) == len(comparison.layers) == 13
     assert body.count("<td") == 13 * len(LAYER_COLUMNS)
     p = comparison.parting
-    assert p is not None and p.label_a == "b1_dw_relu", comparison.summary()
+    assert p is not None and p.label_a == "b1_expand_relu", comparison.summary()
     assert [c for c in rows if "parting" in c] == ["parting b-worse"]
     parting_row = re.search(r'<tr class="parting b-worse">(.*?)</tr>', body, re.S).group(1)
-    assert f">{p.delta_db:+.1f}<" in parting_row and p.delta_db <= -3  # parted: LiteRT's hybrid per-tensor depthwise kernel (its error varies by run)
+    assert f">{p.delta_db:+.1f}<" in parting_row and p.delta_db < -20  # scrambled weights
     assert "13 aligned (13 by Keras label, 0 by position); 0 unaligned." in table
 
 
@@ -70,12 +77,12 @@ def test_header_metrics_and_explanations_use_the_terminal_wording(comparison, ht
     from quantdoctor.report.compare_text import gap_sentence
 
     assert f"<title>quantdoctor compare: {comparison.name_a} vs {comparison.name_b}</title>" in html
-    assert "converted with scheme int8" in html and "converted with scheme dynamic-per-tensor" in html
-    assert gap_sentence(comparison) in html and comparison.gap_points > 0
+    assert "converted with scheme int8" in html and "tiny40-scrambled.tflite" in html
+    assert gap_sentence(comparison) in html
     top1 = comparison.metric("top1_agreement")
     assert f"{top1.gap_points:+.1f} pts" in _section(html, "metrics")
     items = re.findall(r"<li>(.*?) <span class=\"kind\">\((\w+)", _section(html, "explanations"), re.S)
-    assert [k for _, k in items] == [e.kind.value for e in comparison.explanations] and len(items) >= 3
+    assert [k for _, k in items] == [e.kind.value for e in comparison.explanations] and len(items) >= 1
     from markupsafe import escape
 
     assert [s for s, _ in items] == [str(escape(e.sentence)) for e in comparison.explanations]
@@ -102,7 +109,7 @@ def test_captions_carry_the_numbers(comparison, html):
     p, head = comparison.parting, max(comparison.layers, key=lambda q: q.position_a)
     sqnr = re.search(r"<figcaption>(.*?)</figcaption>", _section(html, "sqnr"), re.S).group(1)
     assert f"At the last one ({head.label_a}) A has {head.sqnr_a_db:.1f} dB and B {head.sqnr_b_db:.1f} dB" in sqnr
-    assert f"They part at b1_dw_relu ({p.op_type}, red line): B is {abs(p.delta_db):.1f} dB lower" in sqnr
+    assert f"They part at b1_expand_relu ({p.op_type}, red line): B is {abs(p.delta_db):.1f} dB lower" in sqnr
     margins = re.search(r"<figcaption>(.*?)</figcaption>", _section(html, "margins"), re.S).group(1)
     ma, mb = comparison.margins_a, comparison.margins_b
     assert ma.num_classes == 12 and mb.num_classes == 40
@@ -110,7 +117,6 @@ def test_captions_carry_the_numbers(comparison, html):
         assert (f"{side}: {m.num_samples} samples over {m.num_classes} classes, median margin "
                 f"{m.top1_margin_median:.3g} against noise σ = {m.pair_noise_std:.3g}") in margins
         assert f"predicts {100 * m.predicted_flip_rate:.1f}% flips and {100 * m.observed_flip_rate:.1f}%" in margins
-    assert mb.pair_noise_std > ma.pair_noise_std  # B's broken kernel is noisier at the logits
     dashed = re.findall(r'stroke-dasharray: [\d.,]+; stroke-dashoffset: 0; stroke: (#\w+)', _section(html, "margins"))
     assert {"#2b6cb0", "#dd6b20"} <= set(dashed)  # each side's σ line in its colour
 
@@ -130,7 +136,7 @@ def test_hostile_labels_and_names_are_escaped(comparison):
     hostile = replace(comparison, layers=layers, parting=parting_layer(layers), name_a=f"models/<b>{HOSTILE}</b>.keras")
     html = render_compare_html(hostile)
     assert "<script" not in html.lower() and "<b>" not in html
-    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&amp;_1;b&#34;2&#39;$x$b1_dw_relu" in html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&amp;_1;b&#34;2&#39;$x$b1_expand_relu" in html
     assert "&lt;b&gt;b1/" in html
     assert html.count("<figure>") == 2  # $x$ was drawn as text, not parsed as math
 
