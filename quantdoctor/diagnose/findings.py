@@ -34,13 +34,16 @@ or the margin model's explained share); severity: `critical` when the model meas
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from quantdoctor.backends.tflite.graph import CONVERSION_OPS, Graph
-from quantdoctor.diagnose.results import Diagnosis, LayerResult
+from quantdoctor.backends.base import Graph
+from quantdoctor.diagnose.results import Diagnosis, Finding, LayerResult, Severity
 from quantdoctor.registry import Registry
+
+__all__ = ["DETECTORS", "Finding", "Severity", "find_all"]
+
+SEVERITY_RANK = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
 
 EXCESS_DB = 10.0
 DESTROYED_DB = 10.0  # an isolated SQNR below this means the op's output is mostly noise
@@ -56,43 +59,6 @@ LOSS = 0.05
 CRITICAL_SHARE = 0.25
 WARNING_SHARE = 0.05
 DRIFT_BELOW_DB = 15.0
-
-
-class Severity(str, Enum):
-    CRITICAL = "critical"
-    WARNING = "warning"
-    INFO = "info"
-
-
-_RANK = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One suspect: where, by which mechanism, with what evidence, and what to do about it."""
-
-    mechanism: str  # a key of DETECTORS
-    severity: Severity
-    positions: tuple[int, ...]  # quantized op indices (LayerResult.position)
-    layers: tuple[str, ...]  # their labels
-    op_types: tuple[str, ...]
-    evidence: dict[str, Any] = field(default_factory=dict)  # numbers (and a few names) the sentences quote
-    fix: str = ""  # the action it suggests, in words
-    score: float = 0.0  # estimated share of the output error it accounts for (0..1, nan if unknown)
-    verified: bool = False  # whether the fix was tried and measured (the repair step sets this)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mechanism": self.mechanism,
-            "severity": self.severity.value,
-            "positions": list(self.positions),
-            "layers": list(self.layers),
-            "op_types": list(self.op_types),
-            "evidence": dict(self.evidence),
-            "fix": self.fix,
-            "score": self.score,
-            "verified": self.verified,
-        }
 
 
 @dataclass(frozen=True)
@@ -124,7 +90,7 @@ def find_all(diagnosis: Diagnosis, graph: Graph | None = None) -> tuple[Finding,
             if f.mechanism == "output_margins" and f.severity is Severity.CRITICAL else f
             for f in found
         ]
-    return tuple(sorted(found, key=lambda f: (_RANK[f.severity], -_num(f.score), min(f.positions, default=1 << 30))))
+    return tuple(sorted(found, key=lambda f: (SEVERITY_RANK[f.severity], -_num(f.score), min(f.positions, default=1 << 30))))
 
 
 def _num(v: float) -> float:
@@ -358,12 +324,12 @@ def float_ops(ctx: Context) -> list[Finding]:
     io = set(g.inputs) | set(g.outputs)
     inner = [
         op for op in g.ops
-        if op.type in CONVERSION_OPS and not g.is_weight_dequantize(op)
+        if g.is_conversion(op) and not g.is_weight_dequantize(op)
         and not (set(op.inputs) & set(g.inputs)) and not (set(op.outputs) & io)
     ]
     floats = [
         op for op in g.ops
-        if op.type not in CONVERSION_OPS and all(g.tensors[t].dtype == "float32" for t in op.outputs if t >= 0)
+        if not g.is_conversion(op) and all(g.tensors[t].dtype == "float32" for t in op.outputs if t >= 0)
     ]
     if not inner and not floats:
         return []

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from quantdoctor.backends.tflite.graph import WEIGHTED_OPS, Graph
+from quantdoctor.backends.base import Graph
 from quantdoctor.diagnose.results import SQNR_CAP_DB, Coverage, LayerResult, TensorError
 from quantdoctor.matching.keras_names import LayerLabel
-from quantdoctor.matching.match import Matching, _through_conversions
+from quantdoctor.matching.match import Matching, through_conversions
 from quantdoctor.stats.weights import WeightReport
 
 _INTEGER = ("int8", "uint8", "int16", "int32")
@@ -47,13 +47,13 @@ def build_layers(
     for pair in matching.pairs:
         f, q = pair.float_index, pair.quant_index
         # A graph output read through an inserted DEQUANTIZE: describe the integer op behind it (same values).
-        qt = qg.tensors[_through_conversions(qg, q)]
+        qt = qg.tensors[through_conversions(qg, q)]
         producer = None if qt.producer is None else qg.op(qt.producer)
         op_type = "INPUT" if producer is None else producer.type
         inputs: list[int] = []
         if producer is not None:
             for i in qg.activation_inputs(producer):
-                src = _through_conversions(qg, i)
+                src = through_conversions(qg, i)
                 if src in q_to_f:
                     inputs.append(q_to_f[src])
         in_sqnr = None
@@ -151,7 +151,7 @@ def coverage(layers: tuple[LayerResult, ...], matching: Matching, fg: Graph, ker
         total = keras_weighted
         covered = {name for l in layers for name in l.keras_layers} & total
     else:
-        total = {fg.tensors[t].name for op in fg.ops if op.type in WEIGHTED_OPS for t in op.outputs}
+        total = {fg.tensors[t].name for op in fg.ops if op.type in fg.weighted_types for t in op.outputs}
         covered = {l.float_tensor for l in layers} & total
     return Coverage(
         matched=len(matching.pairs),

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantdoctor.backends.tflite.graph import CONVERSION_OPS, WEIGHTED_OPS, Graph
-from quantdoctor.matching.match import Matching, _through_conversions
+from quantdoctor.backends.base import Graph
+from quantdoctor.matching.match import Matching, through_conversions
 from quantdoctor.stats.accumulators import ErrorAccumulator, TensorError
 from quantdoctor.stats.activations import ActivationAccumulator, ActivationStats
 from quantdoctor.stats.grid import GridCoverage, GridCoverageAccumulator, _dynamic_rows, round_half_away
@@ -72,7 +72,7 @@ class Probes:
         explain_samples: int,
         quant_interpreter=None,
     ) -> None:
-        from quantdoctor.diagnose.isolated import IsolatedRunner
+        from quantdoctor.backends.tflite.subgraph import OpRunner
 
         self.fg, self.qg, self.dynamic = fg, qg, dynamic
         self.explain_samples = explain_samples
@@ -83,7 +83,7 @@ class Probes:
         self.acts: dict[int, tuple[ActivationAccumulator, ActivationAccumulator, GridCoverageAccumulator | None]] = {}
         self.grid_modes: dict[int, str] = {}
         for pair in matching.pairs:
-            qt = _grid_tensor(qg, _through_conversions(qg, pair.quant_index))
+            qt = _grid_tensor(qg, through_conversions(qg, pair.quant_index))
             grid, qrange, step = None, None, None
             if qt.dtype in _INTEGER and qt.quant is not None and len(qt.quant.scales) == 1:
                 lo, hi = _QRANGE[qt.dtype]
@@ -99,8 +99,8 @@ class Probes:
         self.skipped: dict[int, str] = {}
         self.ops = self._plan_ops(float_model, quant_model, matching)
         constants = self._dequantized_weights(quant_interpreter) if quant_interpreter is not None else {}
-        self.quant_ops = IsolatedRunner(quant_model)
-        self.float_ops = IsolatedRunner(float_model, constants=constants)
+        self.quant_ops = OpRunner(quant_model)
+        self.float_ops = OpRunner(float_model, constants=constants)
 
     @property
     def float_ids(self) -> set[int]:
@@ -159,16 +159,16 @@ class Probes:
         fg, qg = self.fg, self.qg
         probes = []
         for pair in matching.pairs:
-            q_t = _through_conversions(qg, pair.quant_index)
+            q_t = through_conversions(qg, pair.quant_index)
             q_prod, f_prod = qg.tensors[q_t].producer, fg.tensors[pair.float_index].producer
             if q_prod is None or f_prod is None:
                 continue
             q_op, f_op = qg.op(q_prod), fg.op(f_prod)
-            if q_op.type in CONVERSION_OPS or q_op.type != f_op.type:
+            if qg.is_conversion(q_op) or q_op.type != f_op.type:
                 self.skipped[pair.float_index] = f"the quantized op ({q_op.type}) is not the float op ({f_op.type})"
                 continue
             q_io, f_io = plan(quant_model, [q_op.index]), plan(float_model, [f_op.index])
-            q_inputs = [self.q_to_f.get(_through_conversions(qg, t)) for t in q_io.inputs]
+            q_inputs = [self.q_to_f.get(through_conversions(qg, t)) for t in q_io.inputs]
             if any(t is None for t in q_inputs) or any(t not in self.f_to_q for t in f_io.inputs):
                 self.skipped[pair.float_index] = "an input of the op has no float/quantized counterpart"
                 continue
@@ -186,7 +186,7 @@ class Probes:
         """How the quantized op sees float input `f_in`: through its integer input tensor, per sample, or as is."""
         target = self.f_to_q[f_in]
         for t in q_reads:
-            if _through_conversions(self.qg, t) == _through_conversions(self.qg, target):
+            if through_conversions(self.qg, t) == through_conversions(self.qg, target):
                 tensor = self.qg.tensors[t]
                 if tensor.dtype in _INTEGER and tensor.quant is not None:
                     return _static_mode(tensor)
@@ -199,7 +199,7 @@ class Probes:
         out: dict[int, dict[int, np.ndarray]] = {}
         for p in self.ops:
             q_op, f_op = self.qg.op(p.q_op), self.fg.op(p.f_op)
-            if q_op.type not in WEIGHTED_OPS or len(f_op.inputs) < 2:
+            if not self.qg.is_weighted(q_op) or len(f_op.inputs) < 2:
                 continue
             f_w, q_w = _stored_tensor(self.fg, f_op), _stored_tensor(self.qg, q_op)
             if f_w is None or q_w is None or f_w.dtype != "float32" or q_w.dtype not in ("int8", "uint8", "int16"):
@@ -227,7 +227,7 @@ def _hybrid_inputs(qg: Graph) -> set[int]:
 
 
 def _is_hybrid(qg: Graph, op) -> bool:
-    if op.type not in WEIGHTED_OPS or len(op.inputs) < 2 or op.inputs[1] < 0:
+    if not qg.is_weighted(op):
         return False
     w, x = qg.tensors[op.inputs[1]], qg.tensors[op.inputs[0]]
     return w.dtype in ("int8", "uint8", "int4") and x.dtype == "float32"

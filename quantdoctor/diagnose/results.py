@@ -9,6 +9,9 @@ from enum import Enum
 from typing import Any
 
 # One definition each: the accumulators produce these, the report carries them.
+from quantdoctor.backends.base import QuantParams, WeightInfo
+from quantdoctor.diagnose.counterfactual import Outcome, Verification
+from quantdoctor.matching.types import MatchMethod, Unmatched
 from quantdoctor.stats.accumulators import TensorError
 from quantdoctor.stats.activations import ActivationStats
 from quantdoctor.stats.classification import ClassLoss, ModelMetrics
@@ -16,61 +19,12 @@ from quantdoctor.stats.grid import GridCoverage
 from quantdoctor.stats.margins import OutputMargins
 from quantdoctor.stats.weights import WeightReport
 
-__all__ = ["ClassLoss", "ModelMetrics", "TensorError"]  # re-exported for the report's users
+__all__ = [
+    "ClassLoss", "MatchMethod", "ModelMetrics", "QuantParams", "TensorError", "Unmatched", "WeightInfo",
+]  # re-exported for the report's users
 
 SCHEMA_VERSION = "1.1"
 SQNR_CAP_DB = 60.0
-
-
-class MatchMethod(str, Enum):
-    """How a float tensor was paired with a quantized one (STYLE rule 7: every match says how it was made)."""
-
-    EXACT_ID = "exact_id"  # same converter location name (a stable id the converter keeps through quantization)
-    NAME = "name"  # same name after dropping the converter's de-duplication suffix
-    SHAPE_TOPOLOGY = "shape+topology"  # same op type and shape, fed by already-matched tensors
-
-
-@dataclass(frozen=True)
-class QuantParams:
-    """Quantization parameters of one tensor as stored in the .tflite file."""
-
-    dtype: str
-    scales: tuple[float, ...]
-    zero_points: tuple[int, ...]
-    axis: int | None  # quantized dimension for per-channel, None for per-tensor
-
-    @property
-    def granularity(self) -> str:
-        return "per-channel" if len(self.scales) > 1 else "per-tensor"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["scales"] = list(self.scales)
-        d["zero_points"] = list(self.zero_points)
-        d["granularity"] = self.granularity
-        return d
-
-
-@dataclass(frozen=True)
-class WeightInfo:
-    """How the converter stored the weights of one op."""
-
-    tensor: str
-    shape: tuple[int, ...]
-    storage: str  # "int8", "float16", "float32", ...
-    kernel: str  # "integer", "hybrid (dynamic range)", "float (dequantized at load)", "float"
-    quant: QuantParams | None
-    note: str = ""  # e.g. "left in float: fewer than 1024 elements"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "tensor": self.tensor,
-            "shape": list(self.shape),
-            "storage": self.storage,
-            "kernel": self.kernel,
-            "quant": self.quant.to_dict() if self.quant else None,
-            "note": self.note,
-        }
 
 
 @dataclass(frozen=True)
@@ -158,19 +112,6 @@ class LayerResult:
 
 
 @dataclass(frozen=True)
-class Unmatched:
-    """A tensor that has no counterpart on the other side, and why."""
-
-    side: str  # "float" or "quantized"
-    tensor: str
-    op_type: str
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
 class Coverage:
     """Share of float activation tensors matched, overall and for the layer kinds that carry weights."""
 
@@ -237,6 +178,47 @@ class Repro:
     inputs: tuple[Any, ...] = field(repr=False)
 
 
+class Severity(str, Enum):
+    CRITICAL = "critical"
+    WARNING = "warning"
+    INFO = "info"
+
+
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One suspect: where, by which mechanism, with what evidence, and what to do about it."""
+
+    mechanism: str  # a key of DETECTORS
+    severity: Severity
+    positions: tuple[int, ...]  # quantized op indices (LayerResult.position)
+    layers: tuple[str, ...]  # their labels
+    op_types: tuple[str, ...]
+    evidence: dict[str, Any] = field(default_factory=dict)  # numbers (and a few names) the sentences quote
+    fix: str = ""  # the action it suggests, in words
+    score: float = 0.0  # estimated share of the output error it accounts for (0..1, nan if unknown)
+    verified: bool = False  # its counterfactual recovered at least the verification target of the loss
+    check: Outcome | None = None  # the counterfactual measured for it (diagnose/verify.py), None if not measured
+    role: str = "suspect"  # "cause" (verified), "context" (a symptom shown with the cause), "suspect" (not proven)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mechanism": self.mechanism,
+            "severity": self.severity.value,
+            "positions": list(self.positions),
+            "layers": list(self.layers),
+            "op_types": list(self.op_types),
+            "evidence": dict(self.evidence),
+            "fix": self.fix,
+            "score": self.score,
+            "verified": self.verified,
+            "check": None if self.check is None else self.check.to_dict(),
+            "role": self.role,
+        }
+
+
+
 @dataclass(frozen=True)
 class Diagnosis:
     """Everything one diagnose run measured. Renderers read this and nothing else."""
@@ -248,7 +230,8 @@ class Diagnosis:
     coverage: Coverage
     onset: Onset | None
     margins: OutputMargins | None = None
-    findings: tuple[Any, ...] = ()  # diagnose.findings.Finding, ranked (most important first)
+    findings: tuple[Finding, ...] = ()  # ranked: verified causes first (see diagnose/verify.py), then by severity
+    verification: Verification | None = None  # counterfactuals at the output: located causes, sensitivity table
     repros: tuple[Repro, ...] = ()  # one per kernel-defect finding, written next to the report
     schema_version: str = SCHEMA_VERSION
 
@@ -274,6 +257,7 @@ class Diagnosis:
             "worst_layers": [l.position for l in self.worst_layers()],
             "margins": self.margins.to_dict() if self.margins else None,
             "findings": [f.to_dict() for f in self.findings],
+            "verification": None if self.verification is None else self.verification.to_dict(),
             "layers": [l.to_dict() for l in self.layers],
             "unmatched": [u.to_dict() for u in self.unmatched],
         }

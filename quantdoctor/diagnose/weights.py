@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantdoctor.backends.tflite.graph import WEIGHTED_OPS, Graph, OpInfo, TensorInfo, graph_from_interpreter
+from quantdoctor.backends.base import Graph, OpInfo, TensorInfo
+from quantdoctor.backends.tflite.graph import graph_from_interpreter
 from quantdoctor.diagnose.layers import is_dynamic_range
-from quantdoctor.diagnose.results import MatchMethod
+from quantdoctor.matching.types import MatchMethod
 from quantdoctor.errors import ModelLoadError
 from quantdoctor.stats.weights import OUTPUT_CHANNEL_AXIS, WeightReport, dequantize, weight_report
 
@@ -95,18 +96,10 @@ def _per_tensor_step(t: TensorInfo) -> float:
 
 def _load(model: bytes, label: str):
     """An interpreter (not allocated: constants are readable without) and its graph."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from quantdoctor.backends.tflite.loader import load_interpreter
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        # No XNNPACK: once it is applied it rewrites per-tensor hybrid conv weights as per-channel (N equal scales).
-        interp = Interpreter(
-            model_content=bytes(model),
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        )
-    except (ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"LiteRT cannot read the {label} model: {first}") from None
+    # No XNNPACK (the loader never applies it): it rewrites per-tensor hybrid conv weights as per-channel.
+    interp = load_interpreter(model, what=f"the {label} model")
     return interp, graph_from_interpreter(interp)
 
 
@@ -191,7 +184,7 @@ def pair_weighted_ops(fg: Graph, qg: Graph) -> dict[int, tuple[OpInfo, MatchMeth
 
 
 def _is_weighted(g: Graph, op: OpInfo) -> bool:
-    return op.type in WEIGHTED_OPS and len(op.inputs) >= 2 and op.inputs[1] >= 0 and bool(op.outputs)
+    return g.is_weighted(op) and bool(op.outputs)
 
 
 def _weight_name(g: Graph, op: OpInfo) -> str:

@@ -12,8 +12,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from quantdoctor.backends.tflite.graph import CONVERSION_OPS, Graph
-from quantdoctor.diagnose.results import MatchMethod, Unmatched
+from quantdoctor.backends.base import Graph
+from quantdoctor.matching.types import MatchMethod, Unmatched
 
 _DEDUP_DIGITS = re.compile(r"\d+$")
 
@@ -98,7 +98,7 @@ def match_graphs(fg: Graph, qg: Graph) -> Matching:
 
 def _is_conversion(g: Graph, t: int) -> bool:
     p = g.tensors[t].producer
-    return p is not None and g.op(p).type in CONVERSION_OPS
+    return p is not None and g.is_conversion(g.op(p))
 
 
 def _position(g: Graph, t: int) -> int:
@@ -116,25 +116,25 @@ def _match_by_topology(fg: Graph, qg: Graph, f_acts, q_acts, pairs, used_q, take
         f_inputs = fg.activation_inputs(fop)
         if not f_inputs or any(i not in f_to_q for i in f_inputs):
             continue
-        q_inputs = {_through_conversions(qg, f_to_q[i]) for i in f_inputs}
+        q_inputs = {through_conversions(qg, f_to_q[i]) for i in f_inputs}
         for q in q_acts:
             if q in used_q or qg.tensors[q].producer is None:
                 continue
             qop = qg.op(qg.tensors[q].producer)
             if qop.type != fop.type or _per_sample(qg.tensors[q].shape) != _per_sample(fg.tensors[f].shape):
                 continue
-            if {_through_conversions(qg, i) for i in qg.activation_inputs(qop)} == q_inputs:
+            if {through_conversions(qg, i) for i in qg.activation_inputs(qop)} == q_inputs:
                 take(f, q, MatchMethod.SHAPE_TOPOLOGY)
                 f_to_q[f] = q
                 break
 
 
-def _through_conversions(g: Graph, t: int) -> int:
+def through_conversions(g: Graph, t: int) -> int:
     """Follow QUANTIZE/DEQUANTIZE producers back to the tensor they convert."""
     seen = 0
     while seen < 4:
         p = g.tensors[t].producer
-        if p is None or g.op(p).type not in CONVERSION_OPS:
+        if p is None or not g.is_conversion(g.op(p)):
             return t
         t = g.op(p).inputs[0]
         seen += 1

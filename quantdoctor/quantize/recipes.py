@@ -153,12 +153,9 @@ def _base_recipe(name: str) -> Any:
 
 def _read_float_model(tflite_bytes: bytes) -> Any:
     """Open the model with LiteRT and check that it is a float model."""
-    from ai_edge_litert.interpreter import Interpreter
+    from quantdoctor.backends.tflite.loader import load_interpreter
 
-    try:
-        interpreter = Interpreter(model_content=bytes(tflite_bytes))
-    except Exception as exc:  # LiteRT raises ValueError or RuntimeError on a broken flatbuffer
-        raise ModelLoadError(f"cannot read the .tflite model: {one_line(str(exc))}") from exc
+    interpreter = load_interpreter(tflite_bytes, what="the .tflite model")
     # Read before allocate_tensors(): XNNPACK's prepare step rewrites weight quantization parameters in place.
     for detail in interpreter.get_tensor_details():
         if len(detail["quantization_parameters"]["scales"]) or detail["dtype"] == np.float16:

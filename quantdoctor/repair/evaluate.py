@@ -55,13 +55,9 @@ class _Interp:
     """A lean LiteRT interpreter for whole-model passes (no intermediate tensors kept)."""
 
     def __init__(self, model: bytes, batch_size: int) -> None:
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        from quantdoctor.backends.tflite.loader import load_interpreter
 
-        self.interp = Interpreter(
-            model_content=bytes(model),
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-            num_threads=os.cpu_count() or 1,
-        )
+        self.interp = load_interpreter(model, what="the candidate model")
         self.inp = self.interp.get_input_details()[0]
         shape = list(self.inp["shape"])
         shape[0] = batch_size

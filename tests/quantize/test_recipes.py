@@ -129,5 +129,5 @@ def test_quantized_model_is_refused(quantized):
 
 
 def test_broken_flatbuffer_is_refused():
-    with pytest.raises(ModelLoadError, match="cannot read the .tflite model"):
+    with pytest.raises(ModelLoadError, match="cannot load the .tflite model"):
         quantize_tflite(b"\x1c\x00\x00\x00TFL3" + bytes(64), "dynamic")

@@ -83,16 +83,18 @@ def _has_data(m: Any, tensor: Any) -> bool:
     return buf is not None and ((buf.data is not None and len(buf.data) > 0) or buf.offset > 1)
 
 
-def plan(model: bytes, op_indices: Sequence[int]) -> ExtractedIO:
+def plan(model: bytes, op_indices: Sequence[int], outputs: Sequence[int] | None = None) -> ExtractedIO:
     """Which ops and tensors an extract of `op_indices` holds, without building it.
 
     Ops that unpack constant weights (a DEQUANTIZE of int8/float16 constants) and feed a chosen op are kept too: the
     op's kernel is then the one the full model runs. Inputs are the tensors read but not produced inside the extract,
     minus constants and variables, each once, in order of first use; outputs are the chosen ops' outputs that are not
-    consumed inside, plus those the source model returns or other ops read.
+    consumed inside, plus those the source model returns or other ops read; `outputs` overrides that choice (tensors
+    the extract must produce).
 
     Raises:
-        UserInputError: an index is out of range, or an op calls other subgraphs (WHILE, IF, ...).
+        UserInputError: an index is out of range, an op calls other subgraphs (WHILE, IF, ...), or an `outputs` tensor
+            is not produced by the extract.
     """
     m = _parse(bytes(model))
     sg = m.subgraphs[0]
@@ -117,6 +119,11 @@ def plan(model: bytes, op_indices: Sequence[int]) -> ExtractedIO:
             if t in produced or t in inputs or tensor.isVariable or _has_data(m, tensor):
                 continue
             inputs.append(t)
+    if outputs is not None:
+        missing = [int(t) for t in outputs if int(t) not in produced]
+        if missing:
+            raise UserInputError(f"tensor(s) {missing} are not produced by the ops to extract")
+        return ExtractedIO(tuple(order), tuple(inputs), tuple(int(t) for t in outputs))
     consumed_inside = {t for i in order for t in _tensor_list(sg.operators[i].inputs)}
     consumed_outside = {
         t for j, op in enumerate(sg.operators) if j not in kept for t in _tensor_list(op.inputs)
@@ -149,7 +156,10 @@ def _refuse_subgraph_calls(m: Any, op: Any, index: int) -> None:
 
 
 def extract_ops(
-    model: bytes, op_indices: Sequence[int], constants: dict[int, np.ndarray] | None = None
+    model: bytes,
+    op_indices: Sequence[int],
+    constants: dict[int, np.ndarray] | None = None,
+    outputs: Sequence[int] | None = None,
 ) -> bytes:
     """A standalone .tflite holding ops `op_indices` of the primary subgraph (see `plan` for what else it keeps).
 
@@ -170,7 +180,7 @@ def extract_ops(
     data = bytes(model)
     m = _parse(data)
     sg = m.subgraphs[0]
-    io = plan(data, op_indices)
+    io = plan(data, op_indices, outputs)
 
     tensor_map: dict[int, int] = {}
     buffer_map: dict[int, int] = {}  # the converter lets equal constants share one buffer; so does the extract

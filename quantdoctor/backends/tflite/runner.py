@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -11,6 +10,7 @@ import numpy as np
 from quantdoctor.backends.base import TensorSpec
 from quantdoctor.backends.tflite.extract import to_tensor_dtype
 from quantdoctor.backends.tflite.graph import Graph, graph_from_interpreter
+from quantdoctor.backends.tflite.subgraph import OpRunner, Splice, dequantize
 from quantdoctor.errors import ModelLoadError
 
 
@@ -37,18 +37,12 @@ class TfliteRunner:
     """
 
     def __init__(self, model: bytes, batch_size: int = 16, num_threads: int | None = None) -> None:
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        from quantdoctor.backends.tflite.loader import load_interpreter
 
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         self.model = bytes(model)
         self.batch_size = batch_size
+        self._interp = load_interpreter(self.model, preserve_all_tensors=True, num_threads=num_threads)
         try:
-            self._interp = Interpreter(
-                model_content=self.model,
-                experimental_preserve_all_tensors=True,
-                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-                num_threads=num_threads or os.cpu_count() or 1,
-            )
             inp = self._interp.get_input_details()
             if len(inp) != 1:
                 raise ModelLoadError(f"the model has {len(inp)} inputs; quantdoctor supports single-input models for now")
@@ -64,6 +58,7 @@ class TfliteRunner:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"LiteRT cannot load the model: {first}") from None
         self.graph: Graph = graph_from_interpreter(self._interp)
+        self._op_runner: OpRunner | None = None
         self._in = self._interp.get_input_details()[0]
         self._out = self._interp.get_output_details()
 
@@ -105,13 +100,7 @@ class TfliteRunner:
         qp = self.graph.tensors[index].quant
         if qp is None or value.dtype.kind == "f":
             return value.astype(np.float32, copy=False)
-        scales = np.asarray(qp.scales, dtype=np.float32)
-        zps = np.asarray(qp.zero_points, dtype=np.float32)
-        if qp.axis is not None and scales.size > 1:
-            bshape = [1] * value.ndim
-            bshape[qp.axis] = scales.size
-            scales, zps = scales.reshape(bshape), zps.reshape(bshape)
-        return (value.astype(np.float32) - zps) * scales
+        return dequantize(value, np.asarray(qp.scales), np.asarray(qp.zero_points), qp.axis or 0)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         n = self._invoke(batch)
@@ -121,3 +110,13 @@ class TfliteRunner:
         """Run a batch and return the float32 values of the given tensors (see `dequantized` for `copy`)."""
         n = self._invoke(batch)
         return {i: self.dequantized(i, n, copy) for i in names}
+
+    def splice(self, replaced: Sequence[int]) -> Splice:
+        """This model run with ops `replaced` computed by the caller (see `Splice`)."""
+        return Splice(self.model, self.graph, replaced)
+
+    def op_runner(self) -> OpRunner:
+        """Single ops of this model, each cut out and run alone (built on first use, kept)."""
+        if self._op_runner is None:
+            self._op_runner = OpRunner(self.model)
+        return self._op_runner

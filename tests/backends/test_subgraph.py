@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quantdoctor.diagnose.isolated import IsolatedRunner
+from quantdoctor.backends.tflite.subgraph import OpRunner as IsolatedRunner
+from quantdoctor.backends.tflite.runner import TfliteRunner
 from quantdoctor.errors import DataError
-from tests.backends.test_extract import capture, converted, sample_input
+from tests.backends.test_extract import BATCH, capture, converted, sample_input
 
 
 def rel_rms(test: np.ndarray, reference: np.ndarray) -> float:
@@ -78,3 +79,57 @@ def test_wrong_number_of_inputs_is_a_data_error():
     iso = IsolatedRunner(converted()["float"])
     with pytest.raises(DataError, match="op 3 reads 2 activation tensor"):
         iso.run(3, [np.zeros((1, 16, 16, 48), np.float32)])
+
+
+@pytest.mark.parametrize("kind", ["int8", "dynamic", "float"])
+def test_splice_of_no_op_is_the_model(kind):
+    model = converted()[kind]
+    x = sample_input()
+    runner = TfliteRunner(model, batch_size=BATCH)
+    splice = runner.splice([])
+    assert [kind for kind, *_ in splice.steps] == ["cut"]
+    (out,) = splice.run(x, compute=None)
+    np.testing.assert_array_equal(out, runner.run(x))
+
+
+@pytest.mark.parametrize("kind", ["int8", "dynamic", "float"])
+def test_splice_computing_ops_with_the_models_own_kernels_is_the_model(kind):
+    """Replaced ops computed by the same model's ops, one by one, change nothing: the segments join up exactly."""
+    model = converted()[kind]
+    x = sample_input()
+    runner = TfliteRunner(model, batch_size=BATCH)
+    g = runner.graph
+    ops = runner.op_runner()
+    compute_ops = [op.index for op in g.ops if not g.is_weight_dequantize(op)]
+    calls = []
+
+    def compute(op, args):
+        calls.append(op)
+        return ops.run_outputs(op, args)
+
+    for replaced in ([compute_ops[1]], compute_ops[1:3], [compute_ops[-1]], compute_ops):
+        calls.clear()
+        (out,) = runner.splice(replaced).run(x, compute)
+        assert sorted(calls) == sorted(replaced)
+        np.testing.assert_array_equal(out, runner.run(x), err_msg=str(replaced))
+
+
+def test_splice_keeps_a_float_value_between_replaced_ops_and_regrids_what_kernels_read():
+    model = converted()["int8"]
+    x = sample_input()
+    runner, acts = capture(model, x)
+    g = runner.graph
+    conv = next(op for op in g.ops if op.type == "CONV_2D")
+    out_t = conv.outputs[0]
+    splice = runner.splice([conv.index])
+    off_grid = acts[out_t] + 0.37 * g.tensors[out_t].quant.scales[0]  # between two levels of the int8 grid
+    assert not splice._stays_float(out_t)  # the next op is an integer kernel: the value goes back on the grid
+    np.testing.assert_allclose(splice._on_grid(out_t, off_grid), acts[out_t], atol=1e-6)
+    both = runner.splice([conv.index, *g.tensors[out_t].consumers])
+    assert both._stays_float(out_t)
+
+
+def test_splice_refuses_unknown_ops():
+    runner = TfliteRunner(converted()["int8"], batch_size=BATCH)
+    with pytest.raises(DataError, match="not in the model"):
+        runner.splice([10_000])

@@ -1,0 +1,258 @@
+"""Run cuts of a .tflite model on inputs fed from outside: one op alone, or the model with some ops' outputs replaced.
+
+Both are extracts (`extract.py`) loaded in LiteRT with the builtin kernels: the ops keep their kernels, parameters and
+constants. A float value fed into an integer tensor is quantized with that tensor's scale and zero point, as the model
+would have stored it; integer outputs come back dequantized. Tensor and op indices are the source model's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from quantdoctor.backends.base import Graph
+from quantdoctor.backends.tflite.extract import ExtractedIO, extract_ops, plan, to_tensor_dtype
+from quantdoctor.backends.tflite.loader import load_interpreter
+from quantdoctor.errors import DataError
+
+
+class Subgraph:
+    """Ops of a model cut out and loaded on their own (`SubgraphRunner` of `backends/base.py`).
+
+    The interpreter is re-allocated only when the input shapes change (a new batch size).
+
+    Args:
+        model: the source .tflite bytes.
+        ops: source op indices to keep (weight-unpacking DEQUANTIZE ops that feed them are added).
+        constants: float32 constants to replace (source tensor index → array), see `extract_ops`.
+        outputs: source tensors to return; default as `plan` chooses.
+    """
+
+    def __init__(
+        self,
+        model: bytes,
+        ops: Sequence[int],
+        *,
+        constants: dict[int, np.ndarray] | None = None,
+        outputs: Sequence[int] | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        data = bytes(model)
+        io: ExtractedIO = plan(data, ops, outputs)
+        self.ops, self.inputs, self.outputs = io.ops, io.inputs, io.outputs
+        what = f"op {io.ops[0]} on its own" if len(io.ops) == 1 else f"a cut of {len(io.ops)} ops"
+        self.interp = load_interpreter(extract_ops(data, ops, constants, outputs), num_threads=num_threads, what=what)
+        self._in = self.interp.get_input_details()
+        self._shapes: list[tuple[int, ...]] = []
+
+    def _invoke(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if len(arrays) != len(self._in):
+            raise DataError(f"the cut reads {len(self._in)} activation tensor(s); {len(arrays)} array(s) were given")
+        shapes = [tuple(a.shape) for a in arrays]
+        if shapes != self._shapes:
+            for detail, shape in zip(self._in, shapes, strict=True):
+                self.interp.resize_tensor_input(detail["index"], list(shape), strict=False)
+            self.interp.allocate_tensors()
+            self._shapes = shapes
+        for detail, array in zip(self._in, arrays, strict=True):
+            self.interp.set_tensor(detail["index"], array)
+        self.interp.invoke()
+        return [self.interp.get_tensor(d["index"]) for d in self.interp.get_output_details()]
+
+    def run_raw(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Outputs as the kernels write them (integers stay integers); inputs are cast, not quantized."""
+        feed = [np.asarray(a).astype(d["dtype"], copy=False) for a, d in zip(arrays, self._in, strict=False)]
+        return [o.copy() for o in self._invoke(feed)]
+
+    def run(self, float_inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Float32 outputs for float inputs (quantized into integer input tensors; integer outputs dequantized)."""
+        feed = [to_detail_dtype(np.asarray(a), d) for a, d in zip(float_inputs, self._in, strict=False)]
+        outs = self._invoke(feed)
+        return [dequantize_detail(v, d) for v, d in zip(outs, self.interp.get_output_details(), strict=True)]
+
+
+class OpRunner:
+    """Runs single ops of a model on inputs taken from elsewhere; one `Subgraph` per op, built on first use and kept.
+
+    Args:
+        model: the .tflite bytes.
+        constants: per op index, float32 constants to replace in that op's extract (tensor index → array), e.g. a
+            float model's weights swapped for a quantized model's dequantized ones.
+    """
+
+    def __init__(
+        self,
+        model: bytes,
+        num_threads: int | None = None,
+        constants: dict[int, dict[int, np.ndarray]] | None = None,
+    ) -> None:
+        self.model = bytes(model)
+        self.constants = constants or {}
+        self._threads = num_threads
+        self._ops: dict[int, Subgraph] = {}
+        self._io: dict[int, ExtractedIO] = {}
+
+    def io(self, op_index: int) -> ExtractedIO:
+        """The source tensors op `op_index` reads (the order `run` wants its inputs in) and writes."""
+        if op_index not in self._io:
+            self._io[op_index] = plan(self.model, [op_index])
+        return self._io[op_index]
+
+    def _op(self, op_index: int) -> Subgraph:
+        if op_index not in self._ops:
+            self._ops[op_index] = Subgraph(
+                self.model, [op_index], constants=self.constants.get(op_index), num_threads=self._threads
+            )
+        return self._ops[op_index]
+
+    def _check_count(self, op_index: int, arrays: Sequence[np.ndarray]) -> None:
+        want = len(self.io(op_index).inputs)
+        if len(arrays) != want:
+            raise DataError(f"op {op_index} reads {want} activation tensor(s); {len(arrays)} array(s) were given")
+
+    def run_raw(self, op_index: int, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Outputs of op `op_index` as the kernel writes them (integers stay integers), inputs cast as given."""
+        self._check_count(op_index, arrays)
+        return self._op(op_index).run_raw(arrays)
+
+    def run_outputs(self, op_index: int, float_inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """All float32 outputs of op `op_index` fed with float inputs (see `Subgraph.run`).
+
+        Raises:
+            DataError: the number of inputs is not the number the op reads.
+        """
+        self._check_count(op_index, float_inputs)
+        return self._op(op_index).run(float_inputs)
+
+    def run(self, op_index: int, float_inputs: Sequence[np.ndarray]) -> np.ndarray:
+        """The first float32 output of op `op_index` fed with float inputs."""
+        return self.run_outputs(op_index, float_inputs)[0]
+
+
+class Splice:
+    """The model run in segments, with the ops in `replaced` computed by the caller instead of by this model.
+
+    This is the machinery of counterfactuals: `compute(op, inputs)` gets the float values of a replaced op's inputs as
+    this model computed them and returns its outputs, e.g. the float model's op on those inputs ("this op exact",
+    the keep-float fix without a rebuild) or a quantized op in a float model ("only this op quantized"). Ops between
+    replaced ones run as one cut each (`Subgraph`), with their own kernels; a float value fed into an integer tensor is
+    quantized as the model would store it. A replaced op's output that only replaced ops read stays float (as it
+    would between two ops kept in float); one that the model's own kernels read, or that the model returns, is stored
+    on its tensor's grid. Ops that lead to no graph output are dropped.
+
+    Replacing nothing runs the whole model as one cut.
+    """
+
+    def __init__(self, model: bytes, graph: Graph, replaced: Sequence[int], num_threads: int | None = None) -> None:
+        self.graph = graph
+        self.replaced = tuple(sorted({int(i) for i in replaced}))
+        unknown = set(self.replaced) - {op.index for op in graph.ops}
+        if unknown:
+            raise DataError(f"op(s) {sorted(unknown)} are not in the model")
+        data = bytes(model)
+        live = _live_ops(graph)
+        self.outputs = tuple(graph.outputs)
+        # Execution order split at the replaced ops: ("cut", ops) and ("op", index) steps.
+        steps: list[tuple[str, Any]] = []
+        for i in live:
+            if i in self.replaced:
+                steps.append(("op", i))
+            elif steps and steps[-1][0] == "cut":
+                steps[-1][1].append(i)
+            else:
+                steps.append(("cut", [i]))
+        reads_after: list[set[int]] = []  # tensors read by later steps or returned
+        later = set(self.outputs)
+        for kind, what in reversed(steps):
+            reads_after.append(set(later))
+            ops = [what] if kind == "op" else what
+            later |= {t for o in ops for t in graph.op(o).inputs if t >= 0}
+        reads_after.reverse()
+        self.steps: list[tuple[str, Any, tuple[int, ...], tuple[int, ...]]] = []
+        for (kind, what), needed in zip(steps, reads_after):
+            if kind == "op":
+                io = plan(data, [what])
+                self.steps.append(("op", what, io.inputs, tuple(t for t in graph.op(what).outputs if t >= 0)))
+                continue
+            produced = [t for o in what for t in graph.op(o).outputs if t >= 0]
+            outs = [t for t in dict.fromkeys(produced) if t in needed]
+            if outs:
+                sub = Subgraph(data, what, outputs=outs, num_threads=num_threads)
+                self.steps.append(("cut", sub, sub.inputs, sub.outputs))
+        self.inputs = tuple(t for t in graph.inputs if t in later)
+
+    def run(self, x: np.ndarray, compute) -> list[np.ndarray]:
+        """Float32 graph outputs for the float batch `x`.
+
+        Args:
+            compute: `compute(op_index, inputs) -> outputs` for each replaced op: `inputs` are the float values of the
+                op's activation inputs in `plan(model, [op]).inputs` order, `outputs` one float array per op output.
+        """
+        values: dict[int, np.ndarray] = {t: x for t in self.graph.inputs}
+        for kind, what, ins, outs in self.steps:
+            args = [values[t] for t in ins]
+            results = what.run(args) if kind == "cut" else compute(what, args)
+            for t, v in zip(outs, results, strict=True):
+                values[t] = v if kind == "cut" or self._stays_float(t) else self._on_grid(t, v)
+        return [values[t] for t in self.outputs]
+
+    def _stays_float(self, t: int) -> bool:
+        consumers = self.graph.tensors[t].consumers
+        return bool(consumers) and t not in self.outputs and all(c in self.replaced for c in consumers)
+
+    def _on_grid(self, t: int, value: np.ndarray) -> np.ndarray:
+        """A float value as this model's tensor `t` would hold it (quantized and back for integer tensors)."""
+        info = self.graph.tensors[t]
+        q = info.quant
+        if q is None or info.dtype not in ("int8", "uint8", "int16"):
+            return np.asarray(value, dtype=np.float32)
+        scales, zps = np.asarray(q.scales), np.asarray(q.zero_points)
+        stored = to_tensor_dtype(np.asarray(value, dtype=np.float32), np.dtype(info.dtype), scales, zps, q.axis or 0)
+        return dequantize(stored, scales, zps, q.axis or 0)
+
+
+def _live_ops(graph: Graph) -> list[int]:
+    """Ops (weight unpacks left out: `plan` adds them back) that lead to a graph output, in execution order."""
+    needed = set(graph.outputs)
+    live: list[int] = []
+    for op in reversed(graph.ops):
+        if graph.is_weight_dequantize(op):
+            continue
+        if any(t in needed for t in op.outputs):
+            live.append(op.index)
+            needed.update(t for t in op.inputs if t >= 0)
+    return live[::-1]
+
+
+def _detail_params(detail: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
+    qp = detail.get("quantization_parameters") or {}
+    scales = np.asarray(qp.get("scales", ()), dtype=np.float64)
+    zps = np.asarray(qp.get("zero_points", ()), dtype=np.int64)
+    return scales, zps, int(qp.get("quantized_dimension", 0))
+
+
+def to_detail_dtype(array: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """`array` as the interpreter tensor `detail` stores it (float quantized into integer tensors)."""
+    scales, zps, axis = _detail_params(detail)
+    return to_tensor_dtype(array, np.dtype(detail["dtype"]), scales, zps, axis)
+
+
+def dequantize_detail(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """A tensor read from the interpreter, as float32 (a copy: the interpreter reuses its buffers)."""
+    scales, zps, axis = _detail_params(detail)
+    return dequantize(value, scales, zps, axis)
+
+
+def dequantize(value: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, axis: int = 0) -> np.ndarray:
+    """(q − zero_point) × scale as float32, per channel along `axis` when there are several scales."""
+    if value.dtype.kind == "f" or scales.size == 0:
+        return value.astype(np.float32)
+    s = np.asarray(scales, dtype=np.float32)
+    z = np.asarray(zero_points, dtype=np.float32) if np.size(zero_points) else np.zeros_like(s)
+    if s.size > 1:
+        shape = [1] * value.ndim
+        shape[axis] = s.size
+        s, z = s.reshape(shape), z.reshape(shape)
+    return (value.astype(np.float32) - z) * s
