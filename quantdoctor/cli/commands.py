@@ -31,6 +31,8 @@ def _config(args: argparse.Namespace, **over):
         max_samples=args.max_samples,
         explain=not getattr(args, "no_explain", False),
         explain_samples=getattr(args, "explain_samples", 16),
+        verify=not getattr(args, "no_verify", False),
+        verify_samples=getattr(args, "verify_samples", 256),
     )
     fields.update(over)
     return DiagnoseConfig(**fields)

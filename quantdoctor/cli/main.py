@@ -60,6 +60,10 @@ def add_explain_options(p: argparse.ArgumentParser) -> None:
                    help="only where the models part (skip statistics, per-op isolated/expected error, findings): faster")
     p.add_argument("--explain-samples", type=int, default=16,
                    help="samples each op is run on alone for its isolated and expected error (default: 16)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not prove findings with counterfactuals at the output (ops made exact, group testing)")
+    p.add_argument("--verify-samples", type=int, default=256,
+                   help="samples the counterfactuals are evaluated on (the first ones; default: 256)")
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:

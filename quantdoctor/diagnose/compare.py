@@ -46,6 +46,7 @@ class AlignMethod(str, Enum):
 
 
 class ExplanationKind(str, Enum):
+    VERIFIED_CAUSE = "verified_cause"  # a cause proven by a counterfactual on the worse side, absent on the better
     MARGINS = "margins"
     LOGIT_NOISE = "logit_noise"
     PARTING_LAYER = "parting_layer"

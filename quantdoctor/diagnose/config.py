@@ -28,6 +28,9 @@ class DiagnoseConfig:
         explain: measure why (activation statistics, grid coverage, isolated/expected error per op, weights,
             margins) and rank findings; False gives the where-only diagnosis, faster.
         explain_samples: evaluated samples each op is run on alone for its isolated and expected error.
+        verify: prove the findings with counterfactuals at the output (ops made exact by splicing in the float
+            model's values) and locate the ops that carry the loss by group testing; needs `explain`.
+        verify_samples: evaluated samples the counterfactuals run on (the first ones).
     """
 
     scheme: str | None = None
@@ -43,6 +46,8 @@ class DiagnoseConfig:
     onset_below_db: float = 20.0
     explain: bool = True
     explain_samples: int = 16
+    verify: bool = True
+    verify_samples: int = 256
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -58,6 +63,8 @@ class DiagnoseConfig:
             raise UserInputError(f"--max-samples must be at least 1, got {self.max_samples}")
         if self.explain_samples < 1:
             raise UserInputError(f"--explain-samples must be at least 1, got {self.explain_samples}")
+        if self.verify_samples < 1:
+            raise UserInputError(f"--verify-samples must be at least 1, got {self.verify_samples}")
         if self.resize not in ("crop", "stretch"):
             raise UserInputError(f"--resize must be 'crop' or 'stretch', got '{self.resize}'")
 

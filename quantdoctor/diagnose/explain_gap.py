@@ -21,6 +21,7 @@ from quantdoctor.diagnose.compare import (
 )
 
 _ORDER = {
+    ExplanationKind.VERIFIED_CAUSE: -1,
     ExplanationKind.MARGINS: 0,
     ExplanationKind.LOGIT_NOISE: 1,
     ExplanationKind.PARTING_LAYER: 2,
@@ -42,11 +43,14 @@ def explain(c: Comparison) -> tuple[Explanation, ...]:
     if math.isnan(gap) or gap * max(n, 1) < 1.0:  # less than one sample's worth apart
         found.append((ExplanationKind.NO_GAP, {"flip_rate_a": fa, "flip_rate_b": fb, "num_samples": n}, math.nan))
     else:
+        found += _verified_causes(c, worse)
         found += _margin_parts(c, worse, gap)
         found += _parting(c, worse)
         found += _layers_only_in(c, worse)
         found += _findings_only_in(c, worse)
-    ranked = sorted(found, key=lambda e: (-_num(e[2]), _ORDER[e[0]], e[1].get("position", 0)))
+    # A proven cause leads (it names what to fix); the rest rank by their measured share of the gap.
+    ranked = sorted(found, key=lambda e: (e[0] is not ExplanationKind.VERIFIED_CAUSE, -_num(e[2]), _ORDER[e[0]],
+                                          e[1].get("position", 0)))
     return tuple(Explanation(kind, ev, explanation_sentence(kind, ev), score) for kind, ev, score in ranked)
 
 
@@ -93,6 +97,31 @@ def _margin_parts(c: Comparison, worse: str, gap: float) -> list:
             ev.update(head=head.label_b if worse == "b" else head.label_a, head_sqnr_worse=sq_w, head_sqnr_better=sq_b)
         out.append((ExplanationKind.LOGIT_NOISE, ev, noise_part / observed if observed else math.nan))
     return out
+
+
+def _verified_causes(c: Comparison, worse: str) -> list:
+    """Verified causes of the worse side that the better side does not share (no verified finding on those layers).
+
+    Score: the share of the worse side's lost decisions its fix recovers, measured by the counterfactual.
+    """
+    dw, db = (c.b, c.a) if worse == "b" else (c.a, c.b)
+    better_causes = {l for f in db.findings if f.verified for l in f.layers}
+    out = []
+    for f in dw.findings:
+        if not f.verified or f.check is None or any(l in better_causes for l in f.layers):
+            continue
+        vb = db.verification
+        ev = {
+            "worse": worse.upper(), "better": "A" if worse == "b" else "B", "mechanism": f.mechanism,
+            "layers": list(f.layers), "position": min(f.positions, default=0),
+            "before": dw.model.top1_agreement if dw.verification is None else dw.verification.baseline.top1_agreement,
+            "after": f.check.top1_agreement, "recovery": f.check.recovery,
+            "samples": 0 if dw.verification is None else dw.verification.samples,
+            "better_agreement": db.model.top1_agreement,
+            "better_note": "" if vb is None else ("no cause located" if not vb.causes else "other causes"),
+        }
+        out.append((ExplanationKind.VERIFIED_CAUSE, ev, f.check.recovery))
+    return out[:MAX_LAYER_EXPLANATIONS]
 
 
 def _parting(c: Comparison, worse: str) -> list:

@@ -118,8 +118,28 @@ class _Run:
             from quantdoctor.diagnose.findings import find_all
 
             found = find_all(diagnosis, qg)
-            diagnosis = replace(diagnosis, findings=found, repros=_repros(found, diagnosis, probes, quant_bytes))
+            verification = None
+            if cfg.verify:
+                found, verification = self._verify(found, diagnosis, float_runner, quant_runner, matching, eval_ds)
+            diagnosis = replace(diagnosis, findings=found, verification=verification,
+                                repros=_repros(found, diagnosis, probes, quant_bytes))
+            diagnosis = replace(diagnosis, run=replace(run, seconds={k: round(v, 3) for k, v in self.prog.seconds.items()}))
         return diagnosis
+
+    def _verify(self, found, diagnosis, float_runner, quant_runner, matching, eval_ds):
+        """Counterfactuals at the output: locate the ops that carry the loss, check each finding, re-rank."""
+        from quantdoctor.diagnose.verify import Counterfactuals, locate_causes, proxy_order, verify_findings
+
+        cfg = self.cfg
+        n = min(cfg.verify_samples, len(eval_ds))
+        with self.prog.step("verify", f"verifying causes on {n} samples"):
+            cf = Counterfactuals(float_runner, quant_runner, matching, eval_ds, n,
+                                 batch_size=cfg.batch_size, top_k=cfg.top_k)
+            labels = {l.position: (l.label, l.op_type) for l in diagnosis.layers}
+            verification = locate_causes(cf, proxy_order(diagnosis, found), labels)
+            found = verify_findings(found, diagnosis, cf, verification)
+            verification = replace(verification, evaluations=cf.count, seconds=round(cf.seconds, 3))
+        return found, verification
 
     def _probes(self, float_bytes, quant_bytes, fg, qg, matching, quant_runner):
         from quantdoctor.diagnose.layers import is_dynamic_range

@@ -104,7 +104,23 @@ def _share(part: float, whole: float) -> str:
     return f"{100.0 * part / whole:.0f}%"
 
 
+def _verified(e: dict[str, Any]) -> str:
+    from quantdoctor.report.findings_text import mechanism_title
+
+    layers = ", ".join(e["layers"][:3]) + (f" and {len(e['layers']) - 3} more" if len(e["layers"]) > 3 else "")
+    other = {"no cause located": f"{e['better']} has no such op (its agreement is {e['better_agreement']:.2f} and "
+                                 "no set of its ops recovers a loss)",
+             "other causes": f"{e['better']} has no verified cause on these layers"}.get(
+        e["better_note"], f"{e['better']} has no verified cause there")
+    return (
+        f"Fixing {layers} in {e['worse']} ({mechanism_title(e['mechanism'])}; the op computed by its float twin on the "
+        f"inputs the quantized model gives it) brings {e['worse']}'s top-1 agreement from {e['before']:.2f} to "
+        f"{e['after']:.2f} on {e['samples']} samples ({_pct(e['recovery'])} of its loss recovered); {other}."
+    )
+
+
 _BUILDERS = {
+    "verified_cause": _verified,
     "margins": _margins,
     "logit_noise": _noise,
     "parting_layer": _parting,

@@ -114,7 +114,16 @@ def _drift(e: dict[str, Any], where: str) -> str:
     )
 
 
+def _measured(e: dict[str, Any], where: str) -> str:
+    iso = e.get("isolated_sqnr_db")
+    proxy = (f" Its proxies did not single it out: {e['worst_layer']} alone has {fmt_db(iso)} dB isolated SQNR."
+             if isinstance(iso, float) and iso >= 25 else "")
+    return (f"{_count(e['ops'], 'op')} ({where}) carry the loss, located by group testing with counterfactuals at the "
+            f"output; no mechanism of the catalogue names {'it' if e['ops'] == 1 else 'them'}.{proxy}")
+
+
 MECHANISM_TEXT: dict[str, tuple[str, _Render]] = {
+    "measured_cause": ("cause located by measurement", _measured),
     "kernel_defect": ("converter/kernel defect (observed ≫ expected)", _kernel_defect),
     "weight_range_disparity": ("weight range disparity under per-tensor quantization", _weight_range),
     "activation_outliers": ("activation outliers crush the grid", _outliers),
@@ -141,9 +150,40 @@ def finding_sentence(finding, diagnosis=None) -> str:
         text += f" It builds up about {_pct(score)} of the output error."
     if finding.fix:
         text += f" Fix: {finding.fix}."
+    check = check_sentence(finding, diagnosis)
+    if finding.role == "context":
+        cause = finding.evidence.get("cause")
+        text = f"Context{' for ' + cause if cause else ''}: " + text + " This makes the model sensitive; it is not the cause."
+    return text + (" " + check if check else "")
+
+
+def check_sentence(finding, diagnosis=None) -> str:
+    """What the finding's counterfactual measured at the output, in one sentence ("" when not measured)."""
+    c = finding.check
+    if c is None:
+        return ""
+    v = getattr(diagnosis, "verification", None)
+    before = f"{v.baseline.top1_agreement:.2f}" if v is not None else "the quantized value"
+    samples = f" on {v.samples} samples" if v is not None else ""
+    what = f"making {_names(finding.layers, 2)} exact" if finding.layers else "making its ops exact"
     if finding.verified:
-        text += " (fix verified)"
-    return text
+        return (f"Verified: {what} brings top-1 agreement from {before} to {c.top1_agreement:.2f}{samples} "
+                f"({_pct(c.recovery)} of the loss recovered).")
+    return f"Not verified: {what} gives {c.top1_agreement:.2f} ({_pct(c.recovery)} of the loss recovered{samples})."
+
+
+def verification_sentence(diagnosis) -> str:
+    """The located causes and the cost of locating them, or why nothing was located ("" when not run)."""
+    v = getattr(diagnosis, "verification", None)
+    if v is None:
+        return ""
+    cost = f"{v.evaluations} evaluations, {v.seconds:.1f} s, {v.samples} samples"
+    if not v.causes:
+        return f"Verification ({cost}): {v.note}"
+    labels = [r.label for r in v.table if r.in_causes] or [f"op {p}" for p in v.causes]
+    return (f"Verification ({cost}): making {_names(tuple(labels), 4)} exact brings top-1 agreement from "
+            f"{v.baseline.top1_agreement:.2f} to {v.cause_outcome.top1_agreement:.2f}; every op exact gives "
+            f"{v.all_exact.top1_agreement:.2f}.")
 
 
 def findings_lines(diagnosis, n: int | None = None) -> list[tuple[str, str, str]]:

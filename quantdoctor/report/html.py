@@ -28,6 +28,9 @@ def render_html(diagnosis: Diagnosis) -> str:
         d=diagnosis,
         findings=[_finding_view(f, diagnosis) for f in diagnosis.findings],
         no_findings=ft.no_findings_sentence(diagnosis),
+        verification_sentence=ft.verification_sentence(diagnosis),
+        sensitivity_columns=s.SENSITIVITY_COLUMNS,
+        sensitivity_rows=[s.sensitivity_row(r) for r in diagnosis.verification.table] if diagnosis.verification else [],
         margins_sentence=ft.margins_sentence(diagnosis.margins) if diagnosis.margins is not None else "",
         # matplotlib writes the SVGs and escapes their text itself; they hold no script and no external reference.
         figures=[(f, Markup(f.svg)) for f in report_figures(diagnosis)],

@@ -215,3 +215,20 @@ def _plural(n: int, noun: str, one: str = "1 ") -> str:
 def _lowest(layers) -> LayerResult | None:
     finite = [l for l in layers if not math.isnan(l.accumulated.sqnr_db)]
     return min(finite, key=lambda l: (l.accumulated.sqnr_db, l.position)) if finite else None
+
+
+SENSITIVITY_COLUMNS = ("Pos", "Layer", "Op", "Exact", "Recovered", "Alone quantized", "Cause")
+
+
+def sensitivity_row(row) -> tuple[str, ...]:
+    """One row of the sensitivity table (`diagnose.counterfactual.Sensitivity`), matching `SENSITIVITY_COLUMNS`."""
+    rec = row.exact.recovery
+    return (
+        str(row.position),
+        row.label,
+        row.op_type,
+        f"{row.exact.top1_agreement:.2f}",
+        "-" if rec != rec else f"{100 * rec:.0f}%",
+        "-" if row.alone is None else f"{row.alone.top1_agreement:.2f}",
+        "yes" if row.in_causes else "",
+    )

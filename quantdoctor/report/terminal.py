@@ -44,6 +44,8 @@ def renderable(diagnosis: Diagnosis, worst: int = 10, compact: bool = False) -> 
         Text(""),
         findings(diagnosis),
         Text(""),
+        sensitivity(diagnosis),
+        Text(""),
         worst_layers(diagnosis, worst, compact),
         Text(""),
         coverage(diagnosis),
@@ -91,9 +93,27 @@ def findings(d: Diagnosis, n: int = 5) -> Text:
         text.append(f": {sentence}")
     if len(d.findings) > n:
         text.append(f"\n... {len(d.findings) - n} more in the JSON/HTML report.", style="dim")
+    verification = ft.verification_sentence(d)
+    if verification:
+        text.append("\n" + verification)
     if d.margins is not None:
         text.append("\n" + ft.margins_sentence(d.margins), style="dim")
     return text
+
+
+def sensitivity(d: Diagnosis) -> RenderableType:
+    """The sensitivity table: each measured op exact (the rest quantized) and alone quantized (the rest exact)."""
+    v = d.verification
+    if v is None or not v.table:
+        return Text("")
+    table = Table(title=f"Sensitivity (top-1 agreement at the output, {v.samples} samples; quantized "
+                        f"{v.baseline.top1_agreement:.2f})", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, show_edge=False)
+    for name in s.SENSITIVITY_COLUMNS:
+        table.add_column(name, justify="left" if name in ("Layer", "Op") else "right", overflow="fold")
+    for row in v.table:
+        table.add_row(*s.sensitivity_row(row))
+    return table
 
 
 def worst_layers(d: Diagnosis, n: int = 10, compact: bool = False) -> Table:

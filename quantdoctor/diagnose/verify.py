@@ -1,0 +1,343 @@
+"""Prove causes: counterfactuals measured at the model output, and adaptive group testing to locate the ops that carry
+the loss.
+
+`Counterfactuals` evaluates two kinds, both by running one model in segments with some ops computed by the other
+(`Runner.splice`, a backend primitive), so neither needs a re-conversion and both work for a quantized model made
+elsewhere:
+
+- *op exact*: the quantized model, with the chosen ops computed by the float model's ops on the inputs the quantized
+  model gives them (an integer output is stored on its tensor's grid again). This is the keep-this-op-in-float fix,
+  measured without a rebuild: it removes the op's own quantization and nothing upstream of it, so a late op does not
+  "recover" errors it only passes on.
+- *alone quantized*: the float model, with only the chosen ops computed by their quantized versions (on float inputs,
+  quantized into integer input tensors as the quantized model stores them).
+
+`locate_causes` finds a small set of ops whose exactness recovers at least `target` of the loss without two
+evaluations per op (AIMET/Hailo-style sweeps): candidates are ordered by the diagnosis's proxies (isolated error, share
+of the output error, expected vs observed); the prefix of that order is grown by doubling until it recovers (gallop),
+the shortest recovering prefix is found by bisection, and a small set is then pruned one op at a time. Proxies only
+choose what to test first; what is reported is measured.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from quantdoctor.backends.base import Graph
+from quantdoctor.diagnose.counterfactual import Outcome, Sensitivity, Verification, recovery
+from quantdoctor.matching.match import Matching, through_conversions
+from quantdoctor.stats.classification import ClassificationAccumulator
+
+TARGET = 0.5  # a cause set must win back at least half of the lost decisions
+MIN_LOSS = 0.03  # below 3 % of decisions lost there is nothing worth locating...
+MIN_LOST_SAMPLES = 3  # ...nor in fewer lost decisions than this (one or two flips are sampling noise)
+PRUNE_AT_MOST = 6  # prune a recovering prefix one op at a time only when it is this small
+TABLE_ROWS = 6  # cause members measured one by one in the sensitivity table (plus the best proxies outside)
+
+
+class Counterfactuals:
+    """Evaluates counterfactuals of the quantized model against the float model on a fixed verification subset.
+
+    Args:
+        float_runner, quant_runner: backend runners (`backends/base.Runner`) of the float and the quantized model.
+        matching: the float ↔ quantized tensor pairs.
+        dataset: the evaluation set; its first `samples` samples verify.
+    """
+
+    def __init__(self, float_runner, quant_runner, matching: Matching, dataset, samples: int, *,
+                 batch_size: int = 16, top_k: int = 3) -> None:
+        self.fr, self.qr = float_runner, quant_runner
+        self.fg: Graph = float_runner.graph
+        self.qg: Graph = quant_runner.graph
+        self.f_ops, self.q_ops = float_runner.op_runner(), quant_runner.op_runner()
+        self.top_k = top_k
+        subset = dataset if len(dataset) <= samples else dataset.subset(np.arange(samples))
+        self.samples = len(subset)
+        labels = subset.labels
+        self.batches = [(x, None if labels is None else labels[idx]) for x, idx in subset.batches(batch_size)]
+        self.float_out = [float_runner.run(x).reshape(len(x), -1).copy() for x, _ in self.batches]
+        self.num_classes = self.float_out[0].shape[1]
+        self._q_to_f = {p.quant_index: p.float_index for p in matching.pairs}
+        self._f_to_q = {p.float_index: p.quant_index for p in matching.pairs}
+        # quantized op -> (float op, permutation: float op input k is quantized op input perm[k])
+        self.twins: dict[int, tuple[int, tuple[int, ...]]] = self._twins()
+        self.candidates = tuple(sorted(self.twins))
+        self.count = 0
+        self.seconds = 0.0
+        self.baseline = self._measure("quantized", ())
+
+    def _float_source(self, t: int) -> int | None:
+        """The float tensor a quantized tensor stands for (through inserted (de)quantize ops)."""
+        if t in self._q_to_f:
+            return self._q_to_f[t]
+        base = through_conversions(self.qg, t)
+        if base in self._q_to_f:
+            return self._q_to_f[base]
+        for c in self.qg.tensors[t].consumers:  # an integer output read through its DEQUANTIZE
+            op = self.qg.op(c)
+            if self.qg.is_conversion(op) and op.outputs and op.outputs[0] in self._q_to_f:
+                return self._q_to_f[op.outputs[0]]
+        return None
+
+    def _twins(self) -> dict[int, tuple[int, tuple[int, ...]]]:
+        """Quantized ops with a float op of the same type writing the paired output, reading the paired inputs."""
+        out = {}
+        for op in self.qg.ops:
+            if self.qg.is_conversion(op) or not op.outputs or op.outputs[0] < 0:
+                continue
+            f_t = self._float_source(op.outputs[0])
+            f_prod = None if f_t is None else self.fg.tensors[f_t].producer
+            if f_prod is None or self.fg.op(f_prod).type != op.type:
+                continue
+            if len(self.fg.op(f_prod).outputs) != len(op.outputs):
+                continue
+            q_in = [through_conversions(self.qg, t) for t in self.q_ops.io(op.index).inputs]
+            f_in = self.f_ops.io(f_prod).inputs
+            perm = []
+            for t in f_in:
+                q = self._f_to_q.get(t)
+                q = None if q is None else through_conversions(self.qg, q)
+                if q not in q_in:
+                    break
+                perm.append(q_in.index(q))
+            if len(perm) == len(f_in) == len(q_in) and len(set(perm)) == len(perm):
+                out[op.index] = (f_prod, tuple(perm))
+        return out
+
+    def _with_conversions(self, ops: Sequence[int]) -> list[int]:
+        """`ops` plus the (de)quantize ops between them and the rest: those fed by an exact op, or feeding only exact
+        ops. Keeping an op in float drops its (de)quantize neighbours too, so its tensors leave the integer grid."""
+        chosen = set(ops)
+        conversions = [op for op in self.qg.ops if self.qg.is_conversion(op) and not self.qg.is_weight_dequantize(op)]
+        grew = True
+        while grew:
+            grew = False
+            for op in conversions:
+                if op.index in chosen:
+                    continue
+                src = self.qg.tensors[op.inputs[0]].producer
+                readers = [c for t in op.outputs for c in self.qg.tensors[t].consumers]
+                if (src is not None and src in chosen) or (readers and all(c in chosen for c in readers)):
+                    chosen.add(op.index)
+                    grew = True
+        return sorted(chosen)
+
+    def op_exact(self, ops: Sequence[int]) -> Outcome:
+        """The quantized model with `ops` computed by their float twins on the inputs the quantized model gives."""
+        return self._measure("op_exact", tuple(sorted(set(int(o) for o in ops))))
+
+    def alone_quantized(self, ops: Sequence[int]) -> Outcome:
+        """The float model with only `ops` computed by their quantized versions."""
+        return self._measure("alone_quantized", tuple(sorted(set(int(o) for o in ops))))
+
+    def _measure(self, kind: str, ops: tuple[int, ...]) -> Outcome:
+        start = time.perf_counter()
+        if kind == "alone_quantized":
+            by_float = {self.twins[q][0]: q for q in ops}
+            splice = self.fr.splice(sorted(by_float))
+
+            def compute(f_op, args):
+                q_op = by_float[f_op]
+                perm = self.twins[q_op][1]
+                q_args = [None] * len(perm)
+                for k, j in enumerate(perm):
+                    q_args[j] = args[k]
+                return self.q_ops.run_outputs(q_op, q_args)
+        else:
+            splice = self.qr.splice(self._with_conversions(ops))
+
+            def compute(q_op, args):
+                if q_op not in self.twins:  # a (de)quantize next to exact ops: float in, float out
+                    return [np.asarray(args[0], dtype=np.float32)]
+                f_op, perm = self.twins[q_op]
+                return self.f_ops.run_outputs(f_op, [args[j] for j in perm])
+
+        acc = ClassificationAccumulator(self.num_classes, self.top_k)
+        for (x, y), f_out in zip(self.batches, self.float_out):
+            out = splice.run(x, compute)[0].reshape(len(x), -1)
+            acc.update(f_out, out, y)
+        m = acc.result()
+        base = getattr(self, "baseline", None)
+        rec = math.nan if base is None else recovery(base.top1_agreement, m.top1_agreement)
+        self.count += 1
+        self.seconds += time.perf_counter() - start
+        accuracy = m.quant_top1 if m.num_labelled else None
+        return Outcome(kind, ops, m.top1_agreement, m.topk_agreement, accuracy, m.logit_sqnr_db, rec)
+
+
+def locate_causes(cf: Counterfactuals, ranked: Sequence[int], labels: dict[int, tuple[str, str]],
+                  target: float = TARGET) -> Verification:
+    """Find a small op set whose exactness recovers at least `target` of the loss, and measure its members.
+
+    Args:
+        cf: the counterfactual evaluator.
+        ranked: candidate ops, most suspect first (the proxies' order); candidates missing from it follow in graph
+            order.
+        labels: op index → (label, op type) for the table.
+    """
+    start_count, start = cf.count, time.perf_counter()
+    order = [o for o in ranked if o in cf.candidates]
+    order += [o for o in cf.candidates if o not in set(order)]
+    base = cf.baseline
+    loss = 1.0 - base.top1_agreement
+
+    def done(note: str = "", all_exact=None, causes=(), outcome=None, table=()) -> Verification:
+        return Verification(cf.samples, len(cf.candidates), target, base, all_exact, tuple(causes), outcome,
+                            tuple(table), cf.count - start_count + 1, round(time.perf_counter() - start, 3), note)
+
+    if not order:
+        return done("no op of the quantized model has a float counterpart for every output; nothing can be made exact")
+    if loss < MIN_LOSS or loss * cf.samples < MIN_LOST_SAMPLES - 1e-9:
+        return done(f"the quantized model keeps {base.top1_agreement:.1%} of the float top-1 decisions on "
+                    f"{cf.samples} samples; no loss worth locating")
+    everything = cf.op_exact(order)
+    if not everything.recovery >= target:
+        return done(f"making every op exact recovers only {everything.recovery:.0%} of the loss. An exact op's output is "
+                    "still stored on its own tensor's grid, so the loss comes from the grids themselves (the output's, "
+                    "for small margins) or from ops without a float twin", everything)
+
+    tried: dict[int, Outcome] = {}
+
+    def prefix(k: int) -> Outcome:
+        if k not in tried:
+            tried[k] = everything if k >= len(order) else cf.op_exact(order[:k])
+        return tried[k]
+
+    k = 1
+    while k < len(order) and not prefix(k).recovery >= target:  # gallop: 1, 2, 4, ... until a prefix recovers
+        k *= 2
+    k = min(k, len(order))
+    lo = k // 2  # prefix(lo) failed (or lo == 0)
+    while k - lo > 1:  # bisect for the shortest recovering prefix
+        mid = (lo + k) // 2
+        if prefix(mid).recovery >= target:
+            k = mid
+        else:
+            lo = mid
+    causes, outcome = list(order[:k]), prefix(k)
+    if 1 < len(causes) <= PRUNE_AT_MOST:  # drop members the rest does not need, least suspect first
+        for op in reversed(list(causes)):
+            if len(causes) == 1:
+                break
+            rest = [c for c in causes if c != op]
+            trial = cf.op_exact(rest)
+            if trial.recovery >= target:
+                causes, outcome = rest, trial
+
+    rows = []
+    members = causes[:TABLE_ROWS]
+    others = [o for o in order if o not in set(causes)][:2]  # the best proxies outside the set, for contrast
+    for op in members + others:
+        exact = outcome if causes == [op] else cf.op_exact([op])
+        alone = cf.alone_quantized([op]) if op in members else None
+        label, op_type = labels.get(op, (f"op {op}", "?"))
+        rows.append(Sensitivity(op, label, op_type, exact, alone, op in causes))
+    return done("", everything, sorted(causes), outcome, rows)
+
+
+SYMPTOMS = ("output_margins", "accumulated_drift")  # describe how the damage shows; context when not verified
+NOT_OP_CAUSES = ("accumulated_drift", "float_ops")  # no op to make exact (drift: all of them; float ops: speed)
+VERIFY_FINDINGS = 6  # op-level findings checked one by one (the located causes cover the rest)
+
+
+def proxy_order(diagnosis, findings) -> list[int]:
+    """Candidate ops, most suspect first: ops of ranked findings, then by share of the output error, then by the drop.
+
+    This is only the order in which group testing tries ops; nothing is reported from it.
+    """
+    order: list[int] = []
+    for f in findings:
+        if f.mechanism not in NOT_OP_CAUSES:
+            order.extend(p for p in f.positions if p not in order)
+
+    def key(l):
+        share = l.output_error_share if l.output_error_share is not None and not math.isnan(l.output_error_share) else -1
+        drop = l.sqnr_drop_db if l.sqnr_drop_db is not None and not math.isnan(l.sqnr_drop_db) else -1e9
+        return (-share, -drop, l.position)
+
+    order.extend(l.position for l in sorted(diagnosis.layers, key=key) if l.position not in order)
+    return order
+
+
+def verify_findings(findings, diagnosis, cf: Counterfactuals, verification: Verification):
+    """Each op-level finding checked by making its ops exact; a located cause no finding names becomes one; ranked by
+    measured recovery, with symptoms attached as context when a cause recovers the loss.
+
+    Returns the findings, re-ranked: verified causes by recovery, then context, then the unproven rest in their order.
+    """
+    from dataclasses import replace
+
+    from quantdoctor.diagnose.findings import SEVERITY_RANK, Severity
+
+    target = verification.target
+    lost = verification.loss >= MIN_LOSS and verification.loss * verification.samples >= MIN_LOST_SAMPLES - 1e-9
+    known = {verification.causes: verification.cause_outcome} if verification.cause_outcome is not None else {}
+    checked = []
+    for i, f in enumerate(findings):
+        ops = tuple(sorted(p for p in f.positions if p in cf.candidates))
+        if not lost or f.mechanism in NOT_OP_CAUSES or not ops or i >= VERIFY_FINDINGS:
+            checked.append(f)
+            continue
+        outcome = known.get(ops) or cf.op_exact(ops)
+        known[ops] = outcome
+        ok = outcome.recovery >= target
+        checked.append(replace(f, check=outcome, verified=ok, role="cause" if ok else f.role,
+                               severity=_verified_severity(f, outcome, verification) if ok else f.severity))
+    causes = set(verification.causes)
+    if causes and not any(f.verified and causes <= set(f.positions) for f in checked):
+        checked.append(_measured_cause(diagnosis, verification))
+    verified = sorted((f for f in checked if f.verified), key=lambda f: (-f.check.recovery, len(f.positions)))
+    context = []
+    rest = []
+    for f in checked:
+        if f.verified:
+            continue
+        if verified and f.mechanism in SYMPTOMS:
+            evidence = {**f.evidence, "cause": verified[0].layers[0] if verified[0].layers else ""}
+            context.append(replace(f, role="context", evidence=evidence,
+                                   severity=Severity.INFO if f.severity is Severity.CRITICAL else f.severity))
+        else:
+            rest.append(f)
+    rest.sort(key=lambda f: SEVERITY_RANK[f.severity])  # stable: keeps the proxies' order within a severity
+    return tuple(verified + context + rest)
+
+
+def _verified_severity(f, outcome: Outcome, verification: Verification):
+    from quantdoctor.diagnose.findings import LOSS, Severity
+
+    if verification.loss >= LOSS and outcome.recovery >= TARGET:
+        return Severity.CRITICAL
+    return f.severity if f.severity is not Severity.INFO else Severity.WARNING
+
+
+def _measured_cause(diagnosis, verification: Verification):
+    """A finding for a located cause set that no catalogued mechanism names: what was measured, and the proxies."""
+    from quantdoctor.diagnose.findings import LOSS
+    from quantdoctor.diagnose.results import Finding, Severity
+
+    layers = [diagnosis.layer_at(p) for p in verification.causes]
+    layers = [l for l in layers if l is not None]
+    worst = min(layers, key=lambda l: l.isolated.sqnr_db if l.isolated is not None else math.inf, default=None)
+    out = verification.cause_outcome
+    return Finding(
+        mechanism="measured_cause",
+        severity=Severity.CRITICAL if verification.loss >= LOSS else Severity.WARNING,
+        positions=tuple(verification.causes),
+        layers=tuple(l.label for l in layers) or tuple(f"op {p}" for p in verification.causes),
+        op_types=tuple(sorted({l.op_type for l in layers})),
+        evidence={
+            "ops": len(verification.causes),
+            "isolated_sqnr_db": math.nan if worst is None or worst.isolated is None else worst.isolated.sqnr_db,
+            "worst_layer": "" if worst is None else worst.label,
+            "share": sum(l.output_error_share or 0.0 for l in layers),
+        },
+        fix="keep these ops in higher precision (float or int16 activations), or find what quantizes them badly",
+        score=sum(l.output_error_share or 0.0 for l in layers),
+        verified=True,
+        check=out,
+        role="cause",
+    )

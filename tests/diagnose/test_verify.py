@@ -1,0 +1,111 @@
+"""Counterfactuals at the output (diagnose/verify.py): the splice reproduces both models at its two ends, the planted
+faults come out first as verified causes with their measured recovery, and a healthy model gets no cause."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from quantdoctor import diagnose
+from quantdoctor.diagnose.findings import Severity
+from tests.planted import planted_data, planted_gamma_spread, planted_margins, planted_outlier, plain_model
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("verify")
+    x, y = planted_data()
+    np.savez(folder / "data.npz", x=x, y=y)
+    return folder
+
+
+def _save(model, folder, name):
+    path = folder / f"{name}.keras"
+    model.save(path)
+    return path
+
+
+# "dynamic" (per-channel): the per-tensor hybrid depthwise kernel of this model gives different output every run.
+@pytest.mark.parametrize("scheme", ["int8", "dynamic", "int8-io"])
+def test_every_op_exact_is_the_float_model_and_no_op_exact_is_the_quantized_model(tiny_model_path, tiny_npz, scheme):
+    from quantdoctor.backends.tflite.runner import TfliteRunner
+    from quantdoctor.data import load_dataset
+    from quantdoctor.diagnose.verify import Counterfactuals
+    from quantdoctor.matching.match import match_graphs
+    from quantdoctor.quantize.converter import calibration_from, convert, convert_calibrated_pair
+    import keras
+
+    model = keras.saving.load_model(tiny_model_path)
+    ds = load_dataset(tiny_npz, (24, 24, 3))
+    if scheme == "dynamic":
+        fb, qb = convert(model, None), convert(model, scheme)
+    else:
+        fb, qb = convert_calibrated_pair(model, scheme, calibration_from(ds.subset(np.arange(8))))
+    fr, qr = TfliteRunner(fb, 16), TfliteRunner(qb, 16)
+    cf = Counterfactuals(fr, qr, match_graphs(fr.graph, qr.graph), ds, 40, batch_size=16)
+    assert len(cf.candidates) >= 8  # every conv, depthwise, dense, add, concat, pool has a float twin
+    x = ds.subset(np.arange(16))
+    xb = next(iter(x.batches(16)))[0]
+
+    def exact(q_op, args):
+        if q_op not in cf.twins:
+            return [np.asarray(args[0], np.float32)]
+        f_op, perm = cf.twins[q_op]
+        return cf.f_ops.run_outputs(f_op, [args[j] for j in perm])
+
+    nothing = qr.splice([]).run(xb, exact)[0]
+    np.testing.assert_array_equal(nothing, qr.run(xb))
+    everything = qr.splice(cf._with_conversions(cf.candidates)).run(xb, exact)[0]
+    if scheme == "int8-io":  # the int8 output tensor keeps its grid: equal to the float logits within half a step
+        step = qr.graph.tensors[qr.graph.outputs[0]].quant.scales[0]
+        assert np.max(np.abs(everything - fr.run(xb))) <= 0.5 * step + 1e-6
+    else:
+        np.testing.assert_allclose(everything, fr.run(xb), rtol=1e-4, atol=1e-4)
+    assert cf.baseline.kind == "quantized" and math.isnan(cf.baseline.recovery)
+
+
+def test_bn_gamma_spread_is_the_verified_cause_and_the_margins_are_context(data):
+    d = diagnose(_save(planted_gamma_spread(), data, "gamma"), data / "data.npz", scheme="dynamic-per-tensor")
+    top = d.findings[0]
+    assert top.mechanism == "weight_range_disparity" and top.layers == ("proj_bn",)
+    assert top.verified and top.role == "cause" and top.severity is Severity.CRITICAL
+    assert top.check.kind == "op_exact" and top.check.recovery >= 0.5
+    assert top.check.top1_agreement > d.verification.baseline.top1_agreement
+    v = d.verification
+    assert v.causes == top.positions and v.all_exact.top1_agreement == 1.0
+    row = next(r for r in v.table if r.in_causes)
+    assert row.label == "proj_bn" and row.alone is not None and row.loss_alone > 0  # alone it loses decisions
+    margins = [f for f in d.findings if f.mechanism == "output_margins"]
+    assert all(f.role == "context" and not f.verified for f in margins)
+    assert "Verified: making proj_bn exact" in d.summary(width=120)
+
+
+def test_activation_outlier_is_verified_as_the_pair_around_the_crushed_grid(data):
+    d = diagnose(_save(planted_outlier(1000.0), data, "outlier"), data / "data.npz", scheme="int8", calib_count=16)
+    top = d.findings[0]
+    assert top.mechanism == "activation_outliers" and top.verified and top.check.recovery >= 0.9
+    # neither op alone recovers: the loss sits in the int8 grid between them, which only both in float remove
+    singles = {r.label: r.exact.recovery for r in d.verification.table if r.in_causes}
+    assert set(singles) == {"c2_relu", "proj_bn"} and max(singles.values()) < 0.5
+
+
+def test_tiny_margins_are_verified_at_the_head(data):
+    d = diagnose(_save(planted_margins(), data, "margins"), data / "data.npz", scheme="int8", calib_count=16)
+    top = d.findings[0]
+    assert top.mechanism == "output_margins" and top.verified and top.role == "cause"
+    assert top.check.recovery >= 0.9
+
+
+def test_healthy_model_has_no_verified_cause(data):
+    d = diagnose(_save(plain_model(), data, "healthy"), data / "data.npz", scheme="int8", calib_count=16)
+    assert d.verification is not None and d.verification.causes == ()
+    assert not any(f.verified for f in d.findings)
+    assert not [f for f in d.findings if f.severity is Severity.CRITICAL]
+
+
+def test_no_verify_skips_the_counterfactuals(data):
+    d = diagnose(_save(planted_gamma_spread(), data, "gamma2"), data / "data.npz", scheme="dynamic-per-tensor",
+                 verify=False)
+    assert d.verification is None and not any(f.verified for f in d.findings)
