@@ -113,6 +113,18 @@ def planted_margins():
     return model
 
 
+def planted_low_class(offset: float = -1000.0):
+    """Class 0's logit shifted by `offset` (its bias): it never wins, but under an integer output (int8-io) its logits
+    stretch the output range ~×30, and the grid's step (~4) swallows the other classes' margins."""
+    model = plain_model()
+    head = model.get_layer("logits")
+    w, b = head.get_weights()
+    b = b.copy()
+    b[0] += offset
+    head.set_weights([w, b])
+    return model
+
+
 def planted_data(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Held-out digits the model was not trained on."""
     _, _, x, y = digits()

@@ -31,6 +31,7 @@ class RangeMethod(str, Enum):
     PERCENTILE = "percentile"
     MSE = "mse"
     KL = "kl"
+    DECISION = "decision"  # the model's output: the range that keeps the top-k decisions (repair.ranges.decision_range)
 
 
 ACTIONS: Registry[type["Action"]] = Registry("repair action")

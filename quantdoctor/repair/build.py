@@ -36,6 +36,7 @@ from quantdoctor.repair.actions import (
     Int16Activations,
     KeepFloat,
     KernelWorkaround,
+    RangeMethod,
     PerChannel,
     WeightGranularity,
 )
@@ -167,7 +168,7 @@ class Builder:
             runner = TfliteRunner(self.float_model, 16)
             index = next(i for i, t in runner.graph.tensors.items() if t.name == action.tensor)
             lo, hi = self.ranges[action.tensor]
-            hist = RangeHistogram(lo, hi)
+            hist = RangeHistogram(lo, hi, keep_tops=action.method == RangeMethod.DECISION.value)
             for x, _ in self.calibration.batches(16):
                 hist.update(runner.capture(x, [index])[index])
             self._range_cache[action] = choose_range(hist, action.method, action.percentile)

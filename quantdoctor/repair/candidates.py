@@ -7,7 +7,9 @@ the isolated error (the op alone on the float input) if measured, else the growt
 one change removes, not noise spread over many layers. Findings with several positions (one mechanism in many ops)
 become group candidates. An op type whose worst layer stands out also gets group candidates (per-channel weights or the
 kernel workaround for every op of that type with the same weight storage), because a kernel defect hits every op that
-runs the same kernel, while the accumulated error only shows the first of them.
+runs the same kernel, while the accumulated error only shows the first of them. An `output_margins` finding on an
+8-bit integer output also proposes the decision range for it (`repair.ranges.decision_range`): the range judged by the
+top-k decisions it keeps, where MSE or KL keep the wide range that one far-off class stretches.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ FINDING_BONUS = {"critical": 4.0, "warning": 2.0, "info": 1.0}
 PREFERENCE = {
     KernelWorkaround: 1.0, PerChannel: 0.9, CalibrationRange: 0.85, Int16Activations: 0.6, KeepFloat: 0.5,
 }
+DECISION_SCHEMES = frozenset({"int8", "int8-io", "int8-per-tensor"})  # 8-bit integer outputs (decision_range's grid)
+DECISION_PREFERENCE = 1.05  # just above the output's other range candidates: the decision range targets the metric
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,11 @@ def rank_candidates(diagnosis: Any, scheme: str, op_names: set[str], max_layers:
                 acts = ([PerChannel(ops=coarse)] if coarse else []) + [KeepFloat(ops=tuple(op for op, _ in members))]
         else:
             acts = _layer_actions(members[0][1], members[0][0], scheme)
+            if getattr(finding, "mechanism", "") == "output_margins" and scheme in DECISION_SCHEMES \
+                    and members[0][1].quant is not None:
+                decision = CalibrationRange(tensor=members[0][0], method=RangeMethod.DECISION.value)
+                proxy = bonus * (share + 0.01) * PREFERENCE[CalibrationRange] * DECISION_PREFERENCE
+                out.append(Candidate(decision, proxy, reason + ": output range by the top-k decisions"))
         for a in acts:
             out.append(Candidate(a, bonus * (share + 0.01) * PREFERENCE[type(a)], reason))
 
