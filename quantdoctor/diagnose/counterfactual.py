@@ -85,6 +85,7 @@ class Verification:
     evaluations: int
     seconds: float
     note: str = ""  # why no cause was located, in words
+    cause_labels: tuple[str, ...] = ()  # labels of `causes`, in order
 
     @property
     def loss(self) -> float:
@@ -103,6 +104,7 @@ class Verification:
             "evaluations": self.evaluations,
             "seconds": self.seconds,
             "note": self.note,
+            "cause_labels": list(self.cause_labels),
         }
 
 

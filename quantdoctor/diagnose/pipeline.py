@@ -136,7 +136,8 @@ class _Run:
             cf = Counterfactuals(float_runner, quant_runner, matching, eval_ds, n,
                                  batch_size=cfg.batch_size, top_k=cfg.top_k)
             labels = {l.position: (l.label, l.op_type) for l in diagnosis.layers}
-            verification = locate_causes(cf, proxy_order(diagnosis, found), labels)
+            seeds = [f.positions for f in found[:4] if f.mechanism not in ("accumulated_drift", "float_ops")]
+            verification = locate_causes(cf, proxy_order(diagnosis, found), labels, seeds=seeds)
             found = verify_findings(found, diagnosis, cf, verification)
             verification = replace(verification, evaluations=cf.count, seconds=round(cf.seconds, 3))
         return found, verification

@@ -36,7 +36,8 @@ TARGET = 0.5  # a cause set must win back at least half of the lost decisions
 MIN_LOSS = 0.03  # below 3 % of decisions lost there is nothing worth locating...
 MIN_LOST_SAMPLES = 3  # ...nor in fewer lost decisions than this (one or two flips are sampling noise)
 PRUNE_AT_MOST = 6  # prune a recovering prefix one op at a time only when it is this small
-TABLE_ROWS = 6  # cause members measured one by one in the sensitivity table (plus the best proxies outside)
+TABLE_ROWS = 4  # cause members measured one by one in the sensitivity table...
+TABLE_OTHERS = 1  # ...plus the best proxies outside the set
 
 
 class Counterfactuals:
@@ -68,6 +69,7 @@ class Counterfactuals:
         self.candidates = tuple(sorted(self.twins))
         self.count = 0
         self.seconds = 0.0
+        self._done: dict[tuple[str, tuple[int, ...]], Outcome] = {}  # each counterfactual is measured once
         self.baseline = self._measure("quantized", ())
 
     def _float_source(self, t: int) -> int | None:
@@ -135,6 +137,8 @@ class Counterfactuals:
         return self._measure("alone_quantized", tuple(sorted(set(int(o) for o in ops))))
 
     def _measure(self, kind: str, ops: tuple[int, ...]) -> Outcome:
+        if (kind, ops) in self._done:
+            return self._done[(kind, ops)]
         start = time.perf_counter()
         if kind == "alone_quantized":
             by_float = {self.twins[q][0]: q for q in ops}
@@ -166,11 +170,12 @@ class Counterfactuals:
         self.count += 1
         self.seconds += time.perf_counter() - start
         accuracy = m.quant_top1 if m.num_labelled else None
-        return Outcome(kind, ops, m.top1_agreement, m.topk_agreement, accuracy, m.logit_sqnr_db, rec)
+        self._done[(kind, ops)] = Outcome(kind, ops, m.top1_agreement, m.topk_agreement, accuracy, m.logit_sqnr_db, rec)
+        return self._done[(kind, ops)]
 
 
 def locate_causes(cf: Counterfactuals, ranked: Sequence[int], labels: dict[int, tuple[str, str]],
-                  target: float = TARGET) -> Verification:
+                  target: float = TARGET, seeds: Sequence[Sequence[int]] = ()) -> Verification:
     """Find a small op set whose exactness recovers at least `target` of the loss, and measure its members.
 
     Args:
@@ -178,6 +183,8 @@ def locate_causes(cf: Counterfactuals, ranked: Sequence[int], labels: dict[int, 
         ranked: candidate ops, most suspect first (the proxies' order); candidates missing from it follow in graph
             order.
         labels: op index → (label, op type) for the table.
+        seeds: op sets to try first (the ranked findings' ops): the first that recovers is bisected in the proxies'
+            order instead of galloping over the whole model.
     """
     start_count, start = cf.count, time.perf_counter()
     order = [o for o in ranked if o in cf.candidates]
@@ -186,8 +193,10 @@ def locate_causes(cf: Counterfactuals, ranked: Sequence[int], labels: dict[int, 
     loss = 1.0 - base.top1_agreement
 
     def done(note: str = "", all_exact=None, causes=(), outcome=None, table=()) -> Verification:
+        names = tuple(labels.get(op, (f"op {op}", ""))[0] for op in causes)
         return Verification(cf.samples, len(cf.candidates), target, base, all_exact, tuple(causes), outcome,
-                            tuple(table), cf.count - start_count + 1, round(time.perf_counter() - start, 3), note)
+                            tuple(table), cf.count - start_count + 1, round(time.perf_counter() - start, 3), note,
+                            names)
 
     if not order:
         return done("no op of the quantized model has a float counterpart for every output; nothing can be made exact")
@@ -200,18 +209,21 @@ def locate_causes(cf: Counterfactuals, ranked: Sequence[int], labels: dict[int, 
                     "still stored on its own tensor's grid, so the loss comes from the grids themselves (the output's, "
                     "for small margins) or from ops without a float twin", everything)
 
-    tried: dict[int, Outcome] = {}
+    for seed in seeds:  # a finding whose ops recover: bisect inside it
+        members = [o for o in order if o in set(seed)]
+        if members and cf.op_exact(members).recovery >= target:
+            order, lo, k = members, 0, len(members)
+            break
+    else:
+        k = 1
+        while k < len(order) and not cf.op_exact(order[:k]).recovery >= target:  # gallop: 1, 2, 4, ... until it recovers
+            k *= 2
+        k = min(k, len(order))
+        lo = k // 2  # prefix(lo) failed (or lo == 0)
 
-    def prefix(k: int) -> Outcome:
-        if k not in tried:
-            tried[k] = everything if k >= len(order) else cf.op_exact(order[:k])
-        return tried[k]
+    def prefix(n: int) -> Outcome:
+        return cf.op_exact(order[:n])
 
-    k = 1
-    while k < len(order) and not prefix(k).recovery >= target:  # gallop: 1, 2, 4, ... until a prefix recovers
-        k *= 2
-    k = min(k, len(order))
-    lo = k // 2  # prefix(lo) failed (or lo == 0)
     while k - lo > 1:  # bisect for the shortest recovering prefix
         mid = (lo + k) // 2
         if prefix(mid).recovery >= target:
@@ -230,7 +242,7 @@ def locate_causes(cf: Counterfactuals, ranked: Sequence[int], labels: dict[int, 
 
     rows = []
     members = causes[:TABLE_ROWS]
-    others = [o for o in order if o not in set(causes)][:2]  # the best proxies outside the set, for contrast
+    others = [o for o in ranked if o in cf.twins and o not in set(causes)][:TABLE_OTHERS]  # for contrast
     for op in members + others:
         exact = outcome if causes == [op] else cf.op_exact([op])
         alone = cf.alone_quantized([op]) if op in members else None
@@ -241,7 +253,8 @@ def locate_causes(cf: Counterfactuals, ranked: Sequence[int], labels: dict[int, 
 
 SYMPTOMS = ("output_margins", "accumulated_drift")  # describe how the damage shows; context when not verified
 NOT_OP_CAUSES = ("accumulated_drift", "float_ops")  # no op to make exact (drift: all of them; float ops: speed)
-VERIFY_FINDINGS = 6  # op-level findings checked one by one (the located causes cover the rest)
+VERIFY_FINDINGS = 4  # op-level findings checked one by one (the located causes cover the rest)...
+CHECK_INFO = False  # ...info-level ones only when they are among them and this is set (each check is one pass)
 
 
 def proxy_order(diagnosis, findings) -> list[int]:
@@ -275,15 +288,14 @@ def verify_findings(findings, diagnosis, cf: Counterfactuals, verification: Veri
 
     target = verification.target
     lost = verification.loss >= MIN_LOSS and verification.loss * verification.samples >= MIN_LOST_SAMPLES - 1e-9
-    known = {verification.causes: verification.cause_outcome} if verification.cause_outcome is not None else {}
     checked = []
     for i, f in enumerate(findings):
         ops = tuple(sorted(p for p in f.positions if p in cf.candidates))
-        if not lost or f.mechanism in NOT_OP_CAUSES or not ops or i >= VERIFY_FINDINGS:
+        info = f.severity is Severity.INFO and not CHECK_INFO
+        if not lost or f.mechanism in NOT_OP_CAUSES or not ops or i >= VERIFY_FINDINGS or info:
             checked.append(f)
             continue
-        outcome = known.get(ops) or cf.op_exact(ops)
-        known[ops] = outcome
+        outcome = cf.op_exact(ops)
         ok = outcome.recovery >= target
         checked.append(replace(f, check=outcome, verified=ok, role="cause" if ok else f.role,
                                severity=_verified_severity(f, outcome, verification) if ok else f.severity))

@@ -116,7 +116,7 @@ def repair(
         final_metric=final.value, actions=tuple(actions), changed_ops=changed, trajectory=trajectory,
         evaluations=evaluator.count, seconds=round(time.perf_counter() - start, 2), budget_met=met,
         skipped=tuple(f"{k}: {v}" for k, v in skipped.items()), message=message, model=repaired,
-        float_model=str(model),
+        float_model=str(model), splice_evaluations=getattr(diagnose_fn, "splices", 0),
     )
     if out is not None:
         ranges = builder.final_ranges(actions) if builder.ranges else None
@@ -205,7 +205,10 @@ def _diagnoser(float_model: bytes, eval_ds: Any, evaluator: Any, batch_size: int
         Path(q_path).write_bytes(model)
         subset = eval_ds.subset(np.arange(min(evaluator.rank_size, len(eval_ds))))
         evaluator.count += 1
-        return diagnose(float_path, subset, quantized=q_path, batch_size=batch_size)
+        d = diagnose(float_path, subset, quantized=q_path, batch_size=batch_size)
+        run.splices += 0 if d.verification is None else d.verification.evaluations  # type: ignore[attr-defined]
+        return d
 
+    run.splices = 0  # type: ignore[attr-defined]
     run.cleanup = lambda: shutil.rmtree(folder, ignore_errors=True)  # type: ignore[attr-defined]
     return run

@@ -37,6 +37,8 @@ FINDING_BONUS = {"critical": 4.0, "warning": 2.0, "info": 1.0}
 PREFERENCE = {
     KernelWorkaround: 1.0, PerChannel: 0.9, CalibrationRange: 0.85, Int16Activations: 0.6, KeepFloat: 0.5,
 }
+VERIFIED_BONUS = 10.0  # a finding whose counterfactual recovered the loss outranks every proxy-ranked candidate...
+REFUTED_FACTOR = 0.25  # ...and one whose counterfactual was measured and did not recover it falls behind
 DECISION_SCHEMES = frozenset({"int8", "int8-io", "int8-per-tensor"})  # 8-bit integer outputs (decision_range's grid)
 DECISION_PREFERENCE = 1.05  # just above the output's other range candidates: the decision range targets the metric
 
@@ -46,6 +48,7 @@ class Candidate:
     action: Action
     proxy: float  # larger = more promising
     reason: str
+    verified: bool = False  # it fixes a cause the diagnosis proved by a counterfactual (diagnose/verify.py)
 
 
 def _nsr(sqnr_db: float | None) -> float:
@@ -138,6 +141,15 @@ def rank_candidates(diagnosis: Any, scheme: str, op_names: set[str], max_layers:
         if score is not None and not math.isnan(score):
             share = max(share, score)  # e.g. output margins: decisive although the op's own SQNR is high
         reason = f"finding {finding.mechanism} ({len(members)} ops)"
+        check = getattr(finding, "check", None)
+        verified = bool(getattr(finding, "verified", False)) and check is not None
+        if verified:
+            # Start from the verified cause: its measured recovery, not a proxy, says how much it is worth.
+            share = max(share, check.recovery)
+            bonus *= VERIFIED_BONUS
+            reason += f", verified: exact recovers {100 * check.recovery:.0f}% of the loss"
+        elif check is not None:
+            bonus *= REFUTED_FACTOR
         if len(members) > 1:
             types = {layer.op_type for _, layer in members}
             acts = _group_actions(types.pop() if len(types) == 1 else "", tuple(op for op, _ in members), scheme)
@@ -154,7 +166,7 @@ def rank_candidates(diagnosis: Any, scheme: str, op_names: set[str], max_layers:
                 proxy = bonus * (share + 0.01) * PREFERENCE[CalibrationRange] * DECISION_PREFERENCE
                 out.append(Candidate(decision, proxy, reason + ": output range by the top-k decisions"))
         for a in acts:
-            out.append(Candidate(a, bonus * (share + 0.01) * PREFERENCE[type(a)], reason))
+            out.append(Candidate(a, bonus * (share + 0.01) * PREFERENCE[type(a)], reason, verified))
 
     # One mechanism in several ops (e.g. weight range disparity in ten convs) gets one candidate for all of them: their
     # errors add up at the output, so fixing one at a time may show no gain on a small ranking set.

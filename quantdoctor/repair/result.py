@@ -47,6 +47,7 @@ class RepairResult:
     skipped: tuple[str, ...]  # actions the backend could not express, with the reason
     message: str
     model: bytes = b""
+    splice_evaluations: int = 0  # counterfactual passes of the diagnoses that verified causes (cut models, not builds)
     float_model: str = ""  # the float model as the user named it (shown in the HTML header)
 
     @property
@@ -90,5 +91,6 @@ class RepairResult:
                 f"{r.step:>4}  {change:<58} {r.metric:>9.4f} {r.drop:>7.2f} {r.size_bytes / 1e6:>8.3f} {r.float_ops:>9d} "
                 f"{r.latency_ms:>9.2f} {r.evaluations:>5d}" + ("  (full set)" if r.full else "")
             )
-        lines.append(f"\n{self.evaluations} quantized evaluations, {self.seconds:.1f} s")
+        lines.append(f"\n{self.evaluations} quantized evaluations (+{self.splice_evaluations} spliced counterfactual "
+                     f"passes in the diagnoses), {self.seconds:.1f} s")
         return "\n".join(lines)

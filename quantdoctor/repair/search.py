@@ -124,6 +124,17 @@ class GreedySearch:
     def _try(self, ranked: list[Candidate], reference: float) -> list[tuple[Candidate, Evaluation]]:
         """Evaluate rounds of candidates until one improves; results best first (ties: fewer changed ops)."""
         tried: list[tuple[Candidate, Evaluation]] = []
+        if ranked and ranked[0].verified and self.evaluator.count < self.cfg.max_evaluations:
+            # A fix for a proven cause is tried alone first: when it improves, the runners-up need no evaluation.
+            try:
+                ev = self._eval(self.state.actions + [ranked[0].action])
+            except Exception as exc:  # noqa: BLE001 - see below
+                self.state.skipped[ranked[0].action.describe()] = f"the quantizer failed: {str(exc).splitlines()[0][:160]}"
+            else:
+                if ev.value > reference:
+                    return [(ranked[0], ev)]
+                tried.append((ranked[0], ev))
+            ranked = ranked[1:]
         for r in range(self.cfg.rounds_per_step):
             chunk = ranked[r * self.cfg.per_step : (r + 1) * self.cfg.per_step]
             for cand in chunk:
@@ -188,11 +199,14 @@ class GreedySearch:
         from quantdoctor.repair.candidates import DEFECT_RATIO, _defect_ratio, layer_proxy
 
         diagnosis = self._why.get(action)
+        verification = getattr(diagnosis, "verification", None)
+        causes = set(verification.causes) if verification is not None else set()
         out: dict[str, tuple[float, bool]] = {}
         for layer in getattr(diagnosis, "layers", ()):
             op = layer.float_tensor if layer.float_tensor in self.names else layer.quant_tensor
             noise, _ = layer_proxy(layer)
-            out[op] = (noise, _defect_ratio(layer, noise) >= DEFECT_RATIO)
+            # Members of the located cause set are kept untried, as defects are: the counterfactual needed each.
+            out[op] = (noise, _defect_ratio(layer, noise) >= DEFECT_RATIO or layer.position in causes)
         return out
 
     def _members(self, action: Action) -> list[str]:

@@ -180,7 +180,7 @@ def verification_sentence(diagnosis) -> str:
     cost = f"{v.evaluations} evaluations, {v.seconds:.1f} s, {v.samples} samples"
     if not v.causes:
         return f"Verification ({cost}): {v.note}"
-    labels = [r.label for r in v.table if r.in_causes] or [f"op {p}" for p in v.causes]
+    labels = list(v.cause_labels) or [f"op {p}" for p in v.causes]
     return (f"Verification ({cost}): making {_names(tuple(labels), 4)} exact brings top-1 agreement from "
             f"{v.baseline.top1_agreement:.2f} to {v.cause_outcome.top1_agreement:.2f}; every op exact gives "
             f"{v.all_exact.top1_agreement:.2f}.")
