@@ -1,0 +1,171 @@
+"""Run an ONNX model with ONNX Runtime and read back any tensor, dequantized to float32.
+
+One session serves `run` and `capture`: the normalized model with every tensor an op writes declared a graph output,
+optimizations disabled (`loader`), so any tensor can be fetched by name and nothing is fused away. `session.run`
+fetches only the tensors asked for; memory is one batch of activations. Numerics are the QDQ graph as written (float
+ops on dequantized values, rounding at each QuantizeLinear), not the fused integer kernels an optimized session would
+pick (on the test models the two agree to 1e-5: `test_run_equals_onnxruntime`).
+
+Batch: a model whose first input dim is symbolic runs any batch at once. A model with a fixed batch dim B (often 1,
+as exported) runs the batch in chunks of B, the last chunk zero-padded, and the chunks joined along axis 0 (a value
+without that batch dim, e.g. the run-time scale of a DynamicQuantizeLinear, is the first chunk's). The graph is not
+rewritten to a symbolic batch: a Reshape to a constant shape would break.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from quantdoctor.backends.base import Graph, TensorSpec
+from quantdoctor.backends.onnx.loader import read_onnx
+from quantdoctor.backends.onnx.subgraph import OpRunner, Splice, downstream, from_tensor, to_tensor
+from quantdoctor.errors import DataError, ModelLoadError
+
+__all__ = ["OnnxRunner", "read_onnx"]
+
+
+def capturing_model(model: bytes, graph: Graph) -> bytes:
+    """The model with every tensor an op writes also declared a graph output (value-info typed where known)."""
+    from onnx import helper
+
+    from quantdoctor.backends.onnx.loader import parse_model
+
+    proto = parse_model(model)
+    declared = {o.name for o in proto.graph.output}
+    typed = {vi.name: vi for vi in proto.graph.value_info}
+    for op in graph.ops:
+        for t in op.outputs:
+            name = graph.tensors[t].name if t >= 0 else ""
+            if not name or name in declared:
+                continue
+            declared.add(name)
+            proto.graph.output.append(typed[name] if name in typed else helper.make_empty_tensor_value_info(name))
+    return proto.SerializeToString()
+
+
+class OnnxRunner:
+    """An ONNX Runtime session that can return any intermediate tensor.
+
+    Args:
+        model: ONNX bytes (normalized on load: `model` holds the normalized bytes every index refers to).
+        batch_size: the largest batch callers pass (kept for symmetry with the TFLite runner; batches run unpadded
+            unless the model fixes its batch dim).
+        num_threads: intra-op threads; default all cores.
+
+    Raises:
+        ModelLoadError: the bytes are not a model ORT can load, or the model has several inputs.
+    """
+
+    def __init__(self, model: bytes, batch_size: int = 16, num_threads: int | None = None) -> None:
+        from quantdoctor.backends.onnx.graph import graph_from_onnx, with_observed
+        from quantdoctor.backends.onnx.loader import load_session, normalize
+
+        self.model = normalize(bytes(model))
+        self.batch_size = batch_size
+        self._threads = num_threads
+        graph = graph_from_onnx(self.model)
+        if len(graph.inputs) != 1:
+            raise ModelLoadError(
+                f"the model has {len(graph.inputs)} inputs; quantdoctor supports single-input models for now")
+        self._session = load_session(capturing_model(self.model, graph), num_threads=num_threads)
+        self._in = self._session.get_inputs()[0]
+        self._in_index = graph.inputs[0]
+        dim0 = self._in.shape[0] if self._in.shape else None
+        self._fixed_batch = dim0 if isinstance(dim0, int) and dim0 > 0 else None
+        self._in_dtype = np.dtype(graph.tensors[self._in_index].dtype) if graph.tensors[self._in_index].dtype != \
+            "undefined" else np.dtype(np.float32)
+        self._batch_major = downstream(graph, graph.inputs)
+        self.graph: Graph = graph
+        unknown = [t for t in graph.activations()
+                   if graph.tensors[t].dtype == "undefined" or not graph.tensors[t].shape]
+        if unknown and all(isinstance(d, int) for d in self._in.shape[1:]):
+            # shape inference could not type every tensor: take what one all-zero sample shows
+            probe = np.zeros((self._fixed_batch or 1, *self._in.shape[1:]), np.float32)
+            self.graph = with_observed(graph, self._fetch(probe, unknown, raw=True))
+        self._op_runner: OpRunner | None = None
+
+    def inputs(self) -> list[TensorSpec]:
+        info = self.graph.tensors[self._in_index]
+        return [TensorSpec(info.name, tuple(info.shape[1:]), info.dtype)]
+
+    def outputs(self) -> list[TensorSpec]:
+        infos = [self.graph.tensors[t] for t in self.graph.outputs]
+        return [TensorSpec(info.name, tuple(info.shape[1:]), info.dtype) for info in infos]
+
+    def _feed(self, batch: np.ndarray) -> np.ndarray:
+        return to_tensor(np.asarray(batch), self.graph.tensors[self._in_index].quant, self._in_dtype)
+
+    def _fetch(self, batch: np.ndarray, indices: Sequence[int], raw: bool = False) -> dict[int, np.ndarray]:
+        """Values of the tensors produced by ops (float32 unless raw), batch run in chunks if the model fixes it."""
+        names = [self.graph.tensors[i].name for i in indices]
+        if not names:
+            return {}
+        x = self._feed(batch)
+        n = x.shape[0]
+        step = self._fixed_batch or max(n, 1)
+        chunks: list[list[np.ndarray]] = []
+        for start in range(0, max(n, 1), step):
+            part = x[start:start + step]
+            if part.shape[0] < step:
+                part = np.concatenate([part, np.zeros((step - part.shape[0], *part.shape[1:]), part.dtype)])
+            try:
+                values = self._session.run(names, {self._in.name: part})
+            except Exception as exc:  # wrong shape or dtype: ORT's first line says which
+                text = str(exc).strip().splitlines()
+                first = text[0] if text else type(exc).__name__
+                raise DataError(f"ONNX Runtime cannot run the batch: {first}") from None
+            chunks.append(values if raw else [from_tensor(v, self.graph.tensors[i].quant)
+                                              for v, i in zip(values, indices, strict=True)])
+        out = {}
+        for k, i in enumerate(indices):
+            parts = [c[k] for c in chunks]
+            if i in self._batch_major and all(p.ndim and p.shape[0] == step for p in parts):
+                out[i] = np.concatenate(parts)[:n]
+            else:  # computed from constants alone, or a per-chunk scalar (a run-time scale): the first chunk's
+                out[i] = parts[0]
+        return out
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The first graph output for a float batch, as float32 (dequantized if integer)."""
+        return self.capture(batch, [self.graph.outputs[0]])[self.graph.outputs[0]]
+
+    def capture(self, batch: np.ndarray, names: Sequence[int], copy: bool = True) -> dict[int, np.ndarray]:
+        """Run a batch and return the float32 values of the given tensors (by index).
+
+        Graph inputs come back as fed, constants as stored (dequantized), everything else as the session computed it.
+        `copy` is accepted for the protocol: ORT always returns fresh arrays.
+        """
+        from onnx import numpy_helper
+
+        from quantdoctor.backends.onnx.loader import parse_model
+
+        indices = [int(i) for i in names]
+        computed = [i for i in indices if self.graph.tensors[i].producer is not None]
+        out = self._fetch(batch, computed)
+        for i in indices:
+            info = self.graph.tensors[i]
+            if i in out:
+                continue
+            if i in self.graph.inputs:
+                out[i] = from_tensor(self._feed(batch), info.quant)
+            elif info.is_constant:
+                init = next(t for t in parse_model(self.model).graph.initializer if t.name == info.name)
+                out[i] = from_tensor(numpy_helper.to_array(init), info.quant)
+        return {i: out[i] for i in indices}
+
+    def splice(self, replaced: Sequence[int]) -> Splice:
+        """This model run with ops `replaced` computed by the caller (see `Splice`)."""
+        return Splice(self.model, self.graph, replaced, num_threads=self._threads)
+
+    def op_runner(self) -> OpRunner:
+        """Single ops of this model, each cut out and run alone (built on first use, kept)."""
+        if self._op_runner is None:
+            self._op_runner = OpRunner(self.model, num_threads=self._threads, graph=self.graph)
+        return self._op_runner
+
+    @classmethod
+    def from_path(cls, path: str | Path, batch_size: int = 16) -> OnnxRunner:
+        return cls(read_onnx(path), batch_size=batch_size)
