@@ -112,6 +112,22 @@ class Graph:
     conversion_types: frozenset[str] = frozenset()
     # Dynamic-range quantization leaves weight tensors smaller than this in float (0: no such rule).
     dynamic_min_elements: int = 0
+    # QDQ form (ONNX): ops compute in float and a quantize op after them puts the value on the grid, so a tensor's
+    # quantized value is the output of the quantize op that reads it (matching pairs that one).
+    qdq: bool = False
+
+    def quantized_form(self, t: int) -> int:
+        """In a QDQ graph, the integer output of the quantize op that reads float tensor `t`; else `t` itself."""
+        integer = ("int8", "uint8", "int16", "uint16")
+        if not self.qdq or self.tensors[t].dtype in integer:
+            return t
+        for c in self.tensors[t].consumers:
+            op = self.op(c)
+            if self.is_conversion(op) and op.outputs and op.outputs[0] >= 0:
+                out = self.tensors[op.outputs[0]]
+                if out.dtype in integer and out.quant is not None:
+                    return out.index
+        return t
 
     @cached_property
     def _ops_by_index(self) -> dict[int, OpInfo]:
@@ -196,8 +212,13 @@ class Runner(Protocol):
         """The model run with ops `replaced` computed by the caller, everything else by its own kernels."""
         ...
 
-    def op_runner(self) -> OpRunnerLike:
-        """Runs single ops of this model on float inputs (its isolated ops)."""
+    def op_runner(self, constants: dict[int, dict[int, np.ndarray]] | None = None) -> OpRunnerLike:
+        """Runs single ops of this model on float inputs (its isolated ops); `constants` (op → tensor → float32
+        array) replaces constants in those ops' cuts, e.g. float weights by a quantized model's dequantized ones."""
+        ...
+
+    def constant(self, index: int) -> np.ndarray:
+        """A constant tensor (weights, bias) as the model stores it."""
         ...
 
 

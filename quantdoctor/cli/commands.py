@@ -62,19 +62,27 @@ def run_diagnose(args: argparse.Namespace) -> int:
 
 
 def run_schemes(args: argparse.Namespace) -> int:
+    from quantdoctor.quantize.onnxrt import ORT_SCHEMES, ort_scheme_table_markdown
     from quantdoctor.quantize.schemes import SCHEMES, scheme_table_markdown
 
     if args.markdown:
         print(scheme_table_markdown())
+        print(ort_scheme_table_markdown())
         return 0
     from rich.table import Table
 
-    table = Table(title="quantization schemes")
+    table = Table(title="quantization schemes: TFLite converter (Keras, SavedModel, .tflite models)")
     for col in ("scheme", "weights", "activations", "I/O", "converter settings"):
         table.add_column(col)
     for name, s in SCHEMES.items():
         table.add_row(name, s.weights, s.activations, s.io, s.converter_settings)
     _console(None).print(table)
+    ort = Table(title="quantization schemes: ONNX Runtime quantizer (.onnx models)")
+    for col in ("scheme", "what it is", "mode", "activations", "weights"):
+        ort.add_column(col)
+    for name, s in ORT_SCHEMES.items():
+        ort.add_row(name, s.summary, s.mode, s.activation_type, f"{s.weight_type} {'per-channel' if s.per_channel else 'per-tensor'}")
+    _console(None).print(ort)
     return 0
 
 

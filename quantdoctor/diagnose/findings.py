@@ -316,7 +316,7 @@ def share_below(m, value: float) -> float:
 @DETECTORS.register("float_ops")
 def float_ops(ctx: Context) -> list[Finding]:
     g = ctx.graph
-    if g is None:
+    if g is None or g.qdq:  # QDQ: every op is written in float between (de)quantize pairs; the runtime fuses them
         return []
     integer = any(t.dtype in ("int8", "int16") for t in g.tensors.values() if not t.is_constant)
     if not integer:

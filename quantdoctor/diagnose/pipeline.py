@@ -21,7 +21,7 @@ from quantdoctor.progress import Progress
 
 
 def diagnose(
-    float_model: str | Path,
+    float_model: str | Path | Any,
     data: str | Path | Any,
     quantized: str | Path | None = None,
     scheme: str | None = None,
@@ -33,7 +33,8 @@ def diagnose(
     """Compare a float model with its quantized version, layer by layer.
 
     Args:
-        float_model: .keras / .h5 file, SavedModel directory or float .tflite.
+        float_model: .keras / .h5 file, SavedModel directory, float .tflite, float .onnx, a `torch.export` program
+            (.pt2), or a `torch.nn.Module` (exported to ONNX here; needs the `torch` extra).
         data: .npz (x, optional y), .npy, an image folder, or a `quantdoctor.data.Dataset`.
         quantized: a quantized .tflite made elsewhere; or give `scheme` to convert here.
         scheme: quantization scheme name (see `quantdoctor.quantize.schemes.SCHEMES`).
@@ -48,23 +49,31 @@ def diagnose(
         options = {**options, "scheme": scheme, "quantized": None if quantized is None else str(quantized)}
     cfg = replace(base, **options) if options else base
     with Progress(progress) as prog:
-        return _Run(cfg, prog).diagnose(Path(float_model), data)
+        if isinstance(float_model, (str, Path)):
+            return _Run(cfg, prog).diagnose(Path(float_model), data)
+        return _Run(cfg, prog, module=float_model).diagnose(Path(f"<{type(float_model).__name__}>"), data)
 
 
 class _Run:
     """One diagnose run; the methods are its steps in order."""
 
-    def __init__(self, cfg: DiagnoseConfig, prog: Progress) -> None:
+    def __init__(self, cfg: DiagnoseConfig, prog: Progress, module: Any = None) -> None:
         self.cfg, self.prog = cfg, prog
+        self.module = module  # a torch.nn.Module given through the API
+        self.module_labels: dict[str, str] = {}  # ONNX tensor name -> PyTorch module path (torch sources)
 
     def diagnose(self, model_path: Path, data) -> Diagnosis:
         from quantdoctor.backends.keras.loader import detect_source
-        from quantdoctor.backends.tflite.runner import TfliteRunner, read_tflite
+        from quantdoctor.backends.runtimes import RUNTIMES
         from quantdoctor.matching.match import match_graphs
         from quantdoctor.quantize.converter import supports_calibrated_pair
 
         cfg = self.cfg
-        source = detect_source(model_path)
+        from quantdoctor.backends.keras.loader import ModelSource
+
+        source = ModelSource("torch", model_path) if self.module is not None else detect_source(model_path)
+        runtime = RUNTIMES.get("onnx" if source.kind in ("onnx", "torch") else "tflite")
+        self._check_scheme(runtime.name)
         keras_model, layer_infos = self._load_keras(source)
         dataset = None
         if keras_model is not None:  # read the data before converting: bad data fails in seconds, not minutes
@@ -73,18 +82,19 @@ class _Run:
         if keras_model is not None and cfg.quantized is None and supports_calibrated_pair(cfg.scheme):
             eval_ds, calib_ds, calib_text = self._split(dataset)
             float_bytes, quant_bytes = self._calibrated_pair(keras_model, calib_ds)
-            float_runner = TfliteRunner(float_bytes, cfg.batch_size)
+            float_runner = runtime.runner(float_bytes, cfg.batch_size)
         else:
-            float_bytes = self._float_tflite(source, keras_model)
-            float_runner = TfliteRunner(float_bytes, cfg.batch_size)
+            float_bytes = self._float_model(source, keras_model, runtime, data)
+            float_runner = runtime.runner(float_bytes, cfg.batch_size)
             if dataset is None:
                 dataset = self._dataset(data, float_runner.inputs()[0].shape)
             eval_ds, calib_ds, calib_text = self._split(dataset)
             if cfg.quantized is not None:
-                quant_bytes = read_tflite(cfg.quantized)
+                quant_bytes = runtime.read(Path(cfg.quantized))
             else:
-                quant_bytes = self._quantize(source, keras_model, calib_ds)
-        quant_runner = TfliteRunner(quant_bytes, cfg.batch_size)
+                quant_bytes = self._quantize(source, keras_model, calib_ds, float_runner.model)
+        quant_runner = runtime.runner(quant_bytes, cfg.batch_size)
+        float_bytes, quant_bytes = float_runner.model, quant_runner.model  # what every index refers to
         self._check_compatible(float_runner, quant_runner)
         num_classes = int(float_runner.outputs()[0].shape[-1]) if float_runner.outputs()[0].shape else 1
         eval_ds.check_labels(num_classes)
@@ -92,9 +102,9 @@ class _Run:
         fg, qg = float_runner.graph, quant_runner.graph
         matching = match_graphs(fg, qg)
         labels = self._labels(fg, keras_model, layer_infos)
-        probes = self._probes(float_bytes, quant_bytes, fg, qg, matching, quant_runner) if cfg.explain else None
+        probes = self._probes(float_runner, quant_runner, matching) if cfg.explain else None
         errors, model_metrics, margins = self._passes(eval_ds, float_runner, quant_runner, matching, num_classes, probes)
-        weight_reports = self._weights(float_bytes, quant_bytes) if cfg.explain else {}
+        weight_reports = self._weights(float_bytes, quant_bytes) if cfg.explain and runtime.weight_analysis else {}
 
         evidence = probes.results() if probes is not None else None
         layers = build_layers(fg, qg, matching, errors, labels, evidence, weight_reports)
@@ -121,8 +131,8 @@ class _Run:
             verification = None
             if cfg.verify:
                 found, verification = self._verify(found, diagnosis, float_runner, quant_runner, matching, eval_ds)
-            diagnosis = replace(diagnosis, findings=found, verification=verification,
-                                repros=_repros(found, diagnosis, probes, quant_bytes))
+            repros = _repros(found, diagnosis, probes, quant_bytes) if runtime.one_op_repro else ()
+            diagnosis = replace(diagnosis, findings=found, verification=verification, repros=repros)
             diagnosis = replace(diagnosis, run=replace(run, seconds={k: round(v, 3) for k, v in self.prog.seconds.items()}))
         return diagnosis
 
@@ -142,15 +152,13 @@ class _Run:
             verification = replace(verification, evaluations=cf.count, seconds=round(cf.seconds, 3))
         return found, verification
 
-    def _probes(self, float_bytes, quant_bytes, fg, qg, matching, quant_runner):
+    def _probes(self, float_runner, quant_runner, matching):
         from quantdoctor.diagnose.layers import is_dynamic_range
         from quantdoctor.diagnose.probes import Probes
 
         with self.prog.step("plan_probes", "cutting out each op"):
-            return Probes(
-                float_bytes, quant_bytes, fg, qg, matching, is_dynamic_range(qg), self.cfg.explain_samples,
-                quant_runner._interp,
-            )
+            return Probes(float_runner, quant_runner, matching, is_dynamic_range(quant_runner.graph),
+                          self.cfg.explain_samples)
 
     def _weights(self, float_bytes, quant_bytes):
         from quantdoctor.diagnose.weights import analyze_weights
@@ -168,13 +176,29 @@ class _Run:
             model = load_keras_model(source.path)
         return model, layer_infos(model)
 
-    def _float_tflite(self, source, keras_model) -> bytes:
-        from quantdoctor.backends.tflite.runner import read_tflite
+    def _check_scheme(self, runtime: str) -> None:
+        """The scheme must belong to the model's runtime (checked before any heavy work)."""
+        from quantdoctor.errors import UserInputError
+        from quantdoctor.quantize.schemes import runtime_of_scheme
+
+        if self.cfg.scheme is None:
+            return
+        wanted = runtime_of_scheme(self.cfg.scheme)
+        if wanted != runtime:
+            hint = "an ort-* scheme" if runtime == "onnx" else "a TFLite scheme (int8, dynamic, ...)"
+            raise UserInputError(
+                f"scheme '{self.cfg.scheme}' quantizes {wanted.upper()} models but the model is a {runtime.upper()} "
+                f"model; use {hint} (see `quantdoctor schemes`)"
+            )
+
+    def _float_model(self, source, keras_model, runtime, data) -> bytes:
         from quantdoctor.quantize.converter import convert
 
-        if source.kind == "tflite":
-            data = read_tflite(source.path)
-            _check_float(data, source.path)
+        if source.kind == "torch":
+            return self._export_torch(source, data)
+        if source.kind in ("tflite", "onnx"):
+            data = runtime.read(source.path)
+            _check_float(runtime.runner(data, 1).graph, source.path)
             return data
         with self.prog.step("convert_float", "converting to float TFLite"):
             return convert(keras_model if keras_model is not None else source, None)
@@ -189,10 +213,10 @@ class _Run:
     def _split(self, dataset):
         """(evaluation set, calibration set or None, sentence saying which samples calibrated)."""
         from quantdoctor.data import split_calibration
-        from quantdoctor.quantize.schemes import SCHEMES
+        from quantdoctor.quantize.schemes import needs_calibration
 
         cfg = self.cfg
-        needs_calib = cfg.quantized is None and SCHEMES.get(cfg.scheme).needs_calibration
+        needs_calib = cfg.quantized is None and needs_calibration(cfg.scheme)
         eval_ds, calib_ds, text = dataset, None, "none needed (weights-only / dynamic-range scheme)"
         if cfg.quantized is not None:
             text = "unknown (quantized model given)"
@@ -212,10 +236,24 @@ class _Run:
             eval_ds = eval_ds.subset(np.arange(cfg.max_samples))
         return eval_ds, calib_ds, text
 
-    def _quantize(self, source, keras_model, calib_ds) -> bytes:
+    def _export_torch(self, source, data) -> bytes:
+        """The PyTorch model exported to float ONNX, its node outputs labelled with module paths."""
+        from quantdoctor.backends.torch.export import export_onnx, load_pt2
+
+        shape = _data_input_shape(data)
+        with self.prog.step("convert_float", "exporting the PyTorch model to ONNX"):
+            module = self.module if self.module is not None else load_pt2(source.path)
+            model, self.module_labels = export_onnx(module, np.zeros((1, *shape), np.float32))
+        return model
+
+    def _quantize(self, source, keras_model, calib_ds, float_model: bytes) -> bytes:
         from quantdoctor.quantize.converter import calibration_from, convert
 
         with self.prog.step("convert_quant", f"quantizing ({self.cfg.scheme})"):
+            if source.kind in ("onnx", "torch"):
+                from quantdoctor.quantize.onnxrt import quantize_onnx
+
+                return quantize_onnx(float_model, self.cfg.scheme, calibration_from(calib_ds) if calib_ds else None)
             target = source if source.kind != "keras" else keras_model
             return convert(target, self.cfg.scheme, calibration_from(calib_ds))
 
@@ -237,6 +275,11 @@ class _Run:
             )
 
     def _labels(self, fg, keras_model, layer_infos):
+        if self.module_labels:
+            from quantdoctor.matching.keras_names import LayerLabel
+
+            names = {t: fg.tensors[t].name for t in fg.activations()}
+            return {t: LayerLabel((self.module_labels[n],), "module") for t, n in names.items() if n in self.module_labels}
         if layer_infos is None:
             return {}
         from quantdoctor.matching.keras_names import KerasLabeler
@@ -298,6 +341,25 @@ def _repros(findings, diagnosis, probes, quant_bytes) -> tuple:
     return tuple(out)
 
 
+def _data_input_shape(data) -> tuple[int, ...]:
+    """Per-sample input shape read from the data (PyTorch modules do not declare theirs)."""
+    from quantdoctor.data import Dataset
+    from quantdoctor.errors import DataError
+
+    if isinstance(data, Dataset):
+        return tuple(int(s) for s in data.input_shape)
+    path = Path(data)
+    try:
+        if path.suffix == ".npy":
+            return tuple(int(s) for s in np.load(path, mmap_mode="r").shape[1:])
+        if path.suffix == ".npz":
+            with np.load(path) as z:
+                return tuple(int(s) for s in z["x"].shape[1:])
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"cannot read the input shape from {path}: {exc}; give an .npz with x or an .npy") from None
+    raise DataError(f"a PyTorch model takes its input shape from the data: give --data as .npz or .npy, not {path.name}")
+
+
 def _keras_input_shape(model) -> tuple[int, ...]:
     from quantdoctor.errors import ModelLoadError
 
@@ -309,11 +371,9 @@ def _keras_input_shape(model) -> tuple[int, ...]:
     return tuple(int(s) for s in shape[1:])
 
 
-def _check_float(data: bytes, path: Path) -> None:
-    from quantdoctor.backends.tflite.runner import TfliteRunner
+def _check_float(g, path: Path) -> None:
     from quantdoctor.errors import ModelLoadError
 
-    g = TfliteRunner(data, 1).graph
     integer = [t for t in g.tensors.values() if t.dtype in ("int8", "uint8", "int16") and t.is_constant]
     if integer:
         raise ModelLoadError(

@@ -54,26 +54,16 @@ class _OpProbe:
     f_modes: tuple[tuple, ...]  # how each float extract input is quantized: ("none",), ("static", s, zp, dtype), ("dynamic",)
     out_mode: tuple
     isolated: ErrorAccumulator
-    expected: ErrorAccumulator
+    expected: ErrorAccumulator | None  # None: no float op computes the same thing (a fused op), no prediction
+    observed_mode: tuple = ("none",)  # QDQ: the quantize op after the op puts its output on the grid
     first_inputs: tuple[np.ndarray, ...] = ()  # the first sample's inputs, for a one-op reproduction
 
 
 class Probes:
     """Accumulates the explain measurements batch by batch, in memory that does not grow with the data."""
 
-    def __init__(
-        self,
-        float_model: bytes,
-        quant_model: bytes,
-        fg: Graph,
-        qg: Graph,
-        matching: Matching,
-        dynamic: bool,
-        explain_samples: int,
-        quant_interpreter=None,
-    ) -> None:
-        from quantdoctor.backends.tflite.subgraph import OpRunner
-
+    def __init__(self, float_runner, quant_runner, matching: Matching, dynamic: bool, explain_samples: int) -> None:
+        fg, qg = float_runner.graph, quant_runner.graph
         self.fg, self.qg, self.dynamic = fg, qg, dynamic
         self.explain_samples = explain_samples
         self.seen = 0
@@ -97,10 +87,9 @@ class Probes:
                 self.grid_modes[pair.float_index] = "dynamic"
             self.acts[pair.float_index] = (ActivationAccumulator(qrange=qrange, step=step), ActivationAccumulator(), grid)
         self.skipped: dict[int, str] = {}
-        self.ops = self._plan_ops(float_model, quant_model, matching)
-        constants = self._dequantized_weights(quant_interpreter) if quant_interpreter is not None else {}
-        self.quant_ops = OpRunner(quant_model)
-        self.float_ops = OpRunner(float_model, constants=constants)
+        self.quant_ops = quant_runner.op_runner()
+        self.ops = self._plan_ops(float_runner.op_runner(), matching)
+        self.float_ops = float_runner.op_runner(constants=self._dequantized_weights(quant_runner))
 
     @property
     def float_ids(self) -> set[int]:
@@ -125,8 +114,10 @@ class Probes:
         if not p.first_inputs:
             p.first_inputs = tuple(fv[t][:1].copy() for t in p.q_inputs)
         ref = fv[p.f_out][:n]
-        observed = self.quant_ops.run(p.q_op, [fv[t][:n] for t in p.q_inputs])
+        observed = _fake_quant(self.quant_ops.run(p.q_op, [fv[t][:n] for t in p.q_inputs]), p.observed_mode)
         p.isolated.update(ref, observed.reshape(ref.shape))
+        if p.expected is None:
+            return
         inputs = [_fake_quant(fv[t][:n], mode) for t, mode in zip(p.f_inputs, p.f_modes)]
         simulated = _fake_quant(self.float_ops.run(p.f_op, inputs), p.out_mode)
         p.expected.update(ref, simulated.reshape(ref.shape))
@@ -147,15 +138,13 @@ class Probes:
                 grid=None if grid is None else grid.result(),
                 grid_mode=self.grid_modes.get(f),
                 isolated=None if p is None or self.seen == 0 else p.isolated.result(),
-                expected=None if p is None or self.seen == 0 else p.expected.result(),
+                expected=None if p is None or self.seen == 0 or p.expected is None else p.expected.result(),
                 skipped=self.skipped.get(f, ""),
             )
         return out
 
     # -- planning ------------------------------------------------------------------------------------------------
-    def _plan_ops(self, float_model: bytes, quant_model: bytes, matching: Matching) -> list[_OpProbe]:
-        from quantdoctor.backends.tflite.extract import plan
-
+    def _plan_ops(self, float_ops, matching: Matching) -> list[_OpProbe]:
         fg, qg = self.fg, self.qg
         probes = []
         for pair in matching.pairs:
@@ -164,23 +153,36 @@ class Probes:
             if q_prod is None or f_prod is None:
                 continue
             q_op, f_op = qg.op(q_prod), fg.op(f_prod)
-            if qg.is_conversion(q_op) or q_op.type != f_op.type:
+            # A QDQ quantizer may fold an activation into the op before it (ORT: Conv+Relu -> Conv whose output grid
+            # clips): the op is then measured alone, without a float op to predict it.
+            fused = qg.qdq and q_op.type != f_op.type
+            if qg.is_conversion(q_op) or (q_op.type != f_op.type and not fused):
                 self.skipped[pair.float_index] = f"the quantized op ({q_op.type}) is not the float op ({f_op.type})"
                 continue
-            q_io, f_io = plan(quant_model, [q_op.index]), plan(float_model, [f_op.index])
-            q_inputs = [self.q_to_f.get(through_conversions(qg, t)) for t in q_io.inputs]
-            if any(t is None for t in q_inputs) or any(t not in self.f_to_q for t in f_io.inputs):
+            q_io, f_io = self.quant_ops.io(q_op.index), float_ops.io(f_op.index)
+            q_inputs = [self._float_of(t) for t in q_io.inputs]
+            if any(t is None for t in q_inputs) or (not fused and any(t not in self.f_to_q for t in f_io.inputs)):
                 self.skipped[pair.float_index] = "an input of the op has no float/quantized counterpart"
                 continue
             hybrid = _is_hybrid(qg, q_op)
-            f_modes = tuple(self._input_mode(t, q_io.inputs, hybrid) for t in f_io.inputs)
-            qt = qg.tensors[q_t]
-            out_mode = _static_mode(qt) if qt.dtype in _INTEGER else ("none",)
+            f_modes = () if fused else tuple(self._input_mode(t, q_io.inputs, hybrid) for t in f_io.inputs)
+            grid_t = qg.tensors[pair.quant_index] if qg.qdq else qg.tensors[q_t]
+            out_mode = _static_mode(grid_t) if grid_t.dtype in _INTEGER else ("none",)
+            observed_mode = out_mode if qg.qdq and grid_t.index != q_t else ("none",)
             probes.append(
                 _OpProbe(q_op.index, f_op.index, pair.float_index, tuple(q_inputs), tuple(f_io.inputs), f_modes,
-                         out_mode, ErrorAccumulator(), ErrorAccumulator())
+                         out_mode, ErrorAccumulator(), None if fused else ErrorAccumulator(), observed_mode)
             )
+            if fused:
+                self.skipped[pair.float_index] = f"{q_op.type} fused with the float {f_op.type}: no expected error"
         return probes
+
+    def _float_of(self, q: int) -> int | None:
+        """The float tensor a quantized one stands for: its pair, or the pair of the tensor it converts."""
+        f = self.q_to_f.get(through_conversions(self.qg, q))
+        if f is None and self.qg.qdq:  # a dequantize output read by the op: its quantize op's output is the pair
+            f = self.q_to_f.get(self.qg.quantized_form(through_conversions(self.qg, q)))
+        return f
 
     def _input_mode(self, f_in: int, q_reads: tuple[int, ...], hybrid: bool) -> tuple:
         """How the quantized op sees float input `f_in`: through its integer input tensor, per sample, or as is."""
@@ -188,11 +190,13 @@ class Probes:
         for t in q_reads:
             if through_conversions(self.qg, t) == through_conversions(self.qg, target):
                 tensor = self.qg.tensors[t]
+                if self.qg.qdq and tensor.producer is not None and self.qg.is_conversion(self.qg.op(tensor.producer)):
+                    tensor = self.qg.tensors[self.qg.op(tensor.producer).inputs[0]]  # the integer tensor it unpacks
                 if tensor.dtype in _INTEGER and tensor.quant is not None:
                     return _static_mode(tensor)
         return ("dynamic",) if hybrid else ("none",)
 
-    def _dequantized_weights(self, quant_interpreter) -> dict[int, dict[int, np.ndarray]]:
+    def _dequantized_weights(self, quant_runner) -> dict[int, dict[int, np.ndarray]]:
         """For each probed weighted op: its float weight tensor → the quantized model's dequantized weights."""
         from quantdoctor.diagnose.weights import _read_weights, _stored_tensor
 
@@ -204,7 +208,7 @@ class Probes:
             f_w, q_w = _stored_tensor(self.fg, f_op), _stored_tensor(self.qg, q_op)
             if f_w is None or q_w is None or f_w.dtype != "float32" or q_w.dtype not in ("int8", "uint8", "int16"):
                 continue
-            weights = _read_weights(quant_interpreter, self.qg, q_op)
+            weights = _read_weights(quant_runner.constant, self.qg, q_op)
             if weights is not None and weights.actual.shape == tuple(f_w.shape):
                 out[f_op.index] = {f_w.index: weights.actual.astype(np.float32)}
         return out
@@ -216,7 +220,8 @@ def _grid_tensor(qg: Graph, t: int):
     if tensor.dtype in _INTEGER:
         return tensor
     for op in qg.ops:
-        if op.type == "QUANTIZE" and op.inputs and op.inputs[0] == t and qg.tensors[op.outputs[0]].dtype in _INTEGER:
+        if (qg.is_conversion(op) and op.inputs and op.inputs[0] == t and op.outputs
+                and qg.tensors[op.outputs[0]].dtype in _INTEGER):
             return qg.tensors[op.outputs[0]]
     return tensor
 

@@ -32,9 +32,11 @@ from quantdoctor.diagnose.counterfactual import Outcome, Sensitivity, Verificati
 from quantdoctor.matching.match import Matching, through_conversions
 from quantdoctor.stats.classification import ClassificationAccumulator
 
+_INTEGER = ("int8", "uint8", "int16", "uint16")
 TARGET = 0.5  # a cause set must win back at least half of the lost decisions
 MIN_LOSS = 0.03  # below 3 % of decisions lost there is nothing worth locating...
 MIN_LOST_SAMPLES = 3  # ...nor in fewer lost decisions than this (one or two flips are sampling noise)
+MAX_CHAIN = 3  # float ops a fused quantized op may stand for (Conv + Relu, Conv + Clip, ...)
 PRUNE_AT_MOST = 6  # prune a recovering prefix one op at a time only when it is this small
 TABLE_ROWS = 4  # cause members measured one by one in the sensitivity table...
 TABLE_OTHERS = 1  # ...plus the best proxies outside the set
@@ -64,8 +66,7 @@ class Counterfactuals:
         self.num_classes = self.float_out[0].shape[1]
         self._q_to_f = {p.quant_index: p.float_index for p in matching.pairs}
         self._f_to_q = {p.float_index: p.quant_index for p in matching.pairs}
-        # quantized op -> (float op, permutation: float op input k is quantized op input perm[k])
-        self.twins: dict[int, tuple[int, tuple[int, ...]]] = self._twins()
+        self.twins = self._twins()  # quantized op -> (float ops, input permutation)
         self.candidates = tuple(sorted(self.twins))
         self.count = 0
         self.seconds = 0.0
@@ -79,26 +80,47 @@ class Counterfactuals:
         base = through_conversions(self.qg, t)
         if base in self._q_to_f:
             return self._q_to_f[base]
-        for c in self.qg.tensors[t].consumers:  # an integer output read through its DEQUANTIZE
-            op = self.qg.op(c)
-            if self.qg.is_conversion(op) and op.outputs and op.outputs[0] in self._q_to_f:
-                return self._q_to_f[op.outputs[0]]
+        if self.qg.quantized_form(base) in self._q_to_f:  # QDQ: the pair is the quantize op's output
+            return self._q_to_f[self.qg.quantized_form(base)]
+        frontier = [t]
+        for _ in range(3):  # a graph output read through its (quantize and) dequantize ops
+            frontier = [op.outputs[0] for f in frontier for c in self.qg.tensors[f].consumers
+                        for op in [self.qg.op(c)] if self.qg.is_conversion(op) and op.outputs]
+            found = [self._q_to_f[f] for f in frontier if f in self._q_to_f]
+            if found:
+                return found[0]
         return None
 
-    def _twins(self) -> dict[int, tuple[int, tuple[int, ...]]]:
-        """Quantized ops with a float op of the same type writing the paired output, reading the paired inputs."""
+    def _twins(self) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Quantized op → (float ops that compute its output from the paired inputs, input permutation).
+
+        Usually one float op of the same type. A QDQ quantizer may fold an activation into the op before it (ORT:
+        Conv+Relu → Conv whose output grid clips); its twin is then that chain of float ops (at most `MAX_CHAIN`,
+        each after the first reading only the one before). Float input k of the first op is quantized input perm[k].
+        """
         out = {}
         for op in self.qg.ops:
             if self.qg.is_conversion(op) or not op.outputs or op.outputs[0] < 0:
                 continue
             f_t = self._float_source(op.outputs[0])
             f_prod = None if f_t is None else self.fg.tensors[f_t].producer
-            if f_prod is None or self.fg.op(f_prod).type != op.type:
+            if f_prod is None:
                 continue
-            if len(self.fg.op(f_prod).outputs) != len(op.outputs):
+            chain = [f_prod]
+            while self.qg.qdq and self.fg.op(chain[0]).type != op.type and len(chain) < MAX_CHAIN:
+                ins = self.f_ops.io(chain[0]).inputs
+                prev = self.fg.tensors[ins[0]].producer if len(ins) == 1 else None
+                if prev is None:
+                    break
+                chain.insert(0, prev)
+            first = self.fg.op(chain[0])
+            if first.type != op.type or len(self.fg.op(chain[-1]).outputs) != len(op.outputs):
+                continue
+            if any(self.f_ops.io(c).inputs != tuple(t for t in self.fg.op(b).outputs if t >= 0)
+                   for b, c in zip(chain, chain[1:])):
                 continue
             q_in = [through_conversions(self.qg, t) for t in self.q_ops.io(op.index).inputs]
-            f_in = self.f_ops.io(f_prod).inputs
+            f_in = self.f_ops.io(chain[0]).inputs
             perm = []
             for t in f_in:
                 q = self._f_to_q.get(t)
@@ -107,13 +129,23 @@ class Counterfactuals:
                     break
                 perm.append(q_in.index(q))
             if len(perm) == len(f_in) == len(q_in) and len(set(perm)) == len(perm):
-                out[op.index] = (f_prod, tuple(perm))
+                out[op.index] = (tuple(chain), tuple(perm))
         return out
 
+    def _float_twin(self, q_op: int, args: list[np.ndarray]) -> list[np.ndarray]:
+        """The float twin of quantized op `q_op` on its (float) input values."""
+        chain, perm = self.twins[q_op]
+        values = self.f_ops.run_outputs(chain[0], [args[j] for j in perm])
+        for f_op in chain[1:]:
+            values = self.f_ops.run_outputs(f_op, values[:1])
+        return values
+
     def _with_conversions(self, ops: Sequence[int]) -> list[int]:
-        """`ops` plus the (de)quantize ops between them and the rest: those fed by an exact op, or feeding only exact
-        ops. Keeping an op in float drops its (de)quantize neighbours too, so its tensors leave the integer grid."""
+        """`ops` plus the (de)quantize ops that keeping them in float removes: a dequantize fed by an exact op, any
+        conversion whose readers are all exact (or that returns a graph output from an exact op). A quantize op whose
+        reader still computes quantized stays: that reader needs its input on the grid."""
         chosen = set(ops)
+        outputs = set(self.qg.outputs)
         conversions = [op for op in self.qg.ops if self.qg.is_conversion(op) and not self.qg.is_weight_dequantize(op)]
         grew = True
         while grew:
@@ -122,8 +154,11 @@ class Counterfactuals:
                 if op.index in chosen:
                     continue
                 src = self.qg.tensors[op.inputs[0]].producer
+                from_exact = src is not None and src in chosen
                 readers = [c for t in op.outputs for c in self.qg.tensors[t].consumers]
-                if (src is not None and src in chosen) or (readers and all(c in chosen for c in readers)):
+                to_float = all(self.qg.tensors[t].dtype not in _INTEGER for t in op.outputs)
+                returned = not readers and any(t in outputs for t in op.outputs)
+                if (readers and all(c in chosen for c in readers)) or (from_exact and (to_float or returned)):
                     chosen.add(op.index)
                     grew = True
         return sorted(chosen)
@@ -141,10 +176,13 @@ class Counterfactuals:
             return self._done[(kind, ops)]
         start = time.perf_counter()
         if kind == "alone_quantized":
-            by_float = {self.twins[q][0]: q for q in ops}
-            splice = self.fr.splice(sorted(by_float))
+            by_float = {self.twins[q][0][0]: q for q in ops}  # the first float op of each twin computes it all
+            rest = {f for q in ops for f in self.twins[q][0][1:]}  # the others pass its value on
+            splice = self.fr.splice(sorted(set(by_float) | rest))
 
             def compute(f_op, args):
+                if f_op not in by_float:
+                    return [np.asarray(args[0], dtype=np.float32)]
                 q_op = by_float[f_op]
                 perm = self.twins[q_op][1]
                 q_args = [None] * len(perm)
@@ -157,8 +195,7 @@ class Counterfactuals:
             def compute(q_op, args):
                 if q_op not in self.twins:  # a (de)quantize next to exact ops: float in, float out
                     return [np.asarray(args[0], dtype=np.float32)]
-                f_op, perm = self.twins[q_op]
-                return self.f_ops.run_outputs(f_op, [args[j] for j in perm])
+                return self._float_twin(q_op, args)
 
         acc = ClassificationAccumulator(self.num_classes, self.top_k)
         for (x, y), f_out in zip(self.batches, self.float_out):

@@ -54,7 +54,7 @@ def analyze_weights(float_model: bytes, quant_model: bytes) -> tuple[WeightRepor
     pairs = pair_weighted_ops(fg, qg)
     reports = []
     for op in q_ops:
-        weights = _read_weights(q_interp, qg, op)
+        weights = _read_weights(q_interp.get_tensor, qg, op)
         if weights is None:
             reports.append(_unreadable(op, qg, "weights are computed at run time, not stored; not analysed"))
             continue
@@ -63,7 +63,7 @@ def analyze_weights(float_model: bytes, quant_model: bytes) -> tuple[WeightRepor
         float_weights, match = None, ""
         if op.index in pairs:
             f_op, method = pairs[op.index]
-            f_read = _read_weights(f_interp, fg, f_op)
+            f_read = _read_weights(f_interp.get_tensor, fg, f_op)
             if f_read is not None and f_read.actual.shape == weights.actual.shape:
                 float_weights, match = f_read.actual, method.value
         if float_weights is None:
@@ -106,17 +106,20 @@ def _load(model: bytes, label: str):
 def _stored_tensor(g: Graph, op: OpInfo) -> TensorInfo | None:
     """The constant holding the op's weights: inputs[1], or the source of the DEQUANTIZE that feeds it."""
     w = g.tensors[op.inputs[1]]
-    if w.producer is not None and g.op(w.producer).type == "DEQUANTIZE":
+    if w.producer is not None and g.is_weight_dequantize(g.op(w.producer)):
         w = g.tensors[g.op(w.producer).inputs[0]]
     return w if w.is_constant else None
 
 
-def _read_weights(interp, g: Graph, op: OpInfo) -> _Weights | None:
-    """The op's weights as stored and as computed with; None when they are not a constant."""
+def _read_weights(constant, g: Graph, op: OpInfo) -> _Weights | None:
+    """The op's weights as stored and as computed with; None when they are not a constant.
+
+    `constant(index)` returns a constant tensor as stored (`Runner.constant`, or a LiteRT interpreter's `get_tensor`).
+    """
     t = _stored_tensor(g, op)
     if t is None:
         return None
-    values = np.asarray(interp.get_tensor(t.index))
+    values = np.asarray(constant(t.index))
     default_axis = OUTPUT_CHANNEL_AXIS.get(op.type, 0) % max(values.ndim, 1)
     if t.quant is None or t.dtype not in _INTEGER_STORAGE:
         return _Weights(t, None, values.astype(np.float64), t.dtype, default_axis)

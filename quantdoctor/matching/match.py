@@ -92,7 +92,18 @@ def match_graphs(fg: Graph, qg: Graph) -> Matching:
         if q in used_q:
             continue
         unmatched.append(Unmatched("quantized", qg.tensors[q].name, qg.producer_type(q), _why_unmatched(qg, q)))
-    ordered = tuple(sorted(pairs.values(), key=lambda p: _position(qg, p.quant_index)))
+    if qg.qdq:  # the quantized value of a QDQ tensor is its quantize op's output: pair that one
+        for f, p in list(pairs.items()):
+            q = qg.quantized_form(p.quant_index)
+            if q != p.quant_index and q not in used_q:
+                used_q.discard(p.quant_index)
+                used_q.add(q)
+                pairs[f] = TensorPair(f, q, p.method)
+        unmatched = [u for u in unmatched if u.side == "float"]
+        unmatched += [Unmatched("quantized", qg.tensors[q].name, qg.producer_type(q), _why_unmatched(qg, q))
+                      for q in q_acts if q not in used_q]
+    where = (lambda q: through_conversions(qg, q)) if qg.qdq else (lambda q: q)
+    ordered = tuple(sorted(pairs.values(), key=lambda p: _position(qg, where(p.quant_index))))
     return Matching(ordered, tuple(unmatched))
 
 
@@ -143,11 +154,14 @@ def through_conversions(g: Graph, t: int) -> int:
 
 def _why_unmatched(g: Graph, t: int) -> str:
     ptype = g.producer_type(t)
-    if ptype == "QUANTIZE":
-        return "inserted QUANTIZE: the same values as its float input, on the integer grid"
-    if ptype == "DEQUANTIZE":
-        return "inserted DEQUANTIZE: the same values as its integer input, back in float"
-    consumers = [g.op(c).type for c in g.tensors[t].consumers]
-    if consumers and all(c == "DEQUANTIZE" for c in consumers):
-        return "integer twin of a graph output (read through its DEQUANTIZE)"
+    integer = g.tensors[t].dtype in ("int8", "uint8", "int16", "uint16")
+    if _is_conversion(g, t):
+        if integer:
+            return f"inserted {ptype}: the same values as its float input, on the integer grid"
+        return f"inserted {ptype}: the same values as its integer input, back in float"
+    consumers = [g.op(c) for c in g.tensors[t].consumers]
+    if consumers and all(g.is_conversion(c) for c in consumers):
+        if g.qdq and not integer:
+            return "float value before its quantize op (the quantize op's output is the one compared)"
+        return f"integer twin of a graph output (read through its {consumers[0].type})"
     return "no float tensor with this name, or op and shape"

@@ -35,7 +35,7 @@ import numpy as np
 from quantdoctor.errors import QuantDoctorError, UnknownNameError, UserInputError
 from quantdoctor.registry import Registry
 
-__all__ = ["CALIBRATION_METHODS", "ORT_SCHEMES", "OrtScheme", "quantize_onnx"]
+__all__ = ["CALIBRATION_METHODS", "ORT_SCHEMES", "OrtScheme", "ort_scheme_table_markdown", "quantize_onnx"]
 
 CALIBRATION_METHODS = {
     "minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "distribution": "Distribution",
@@ -94,6 +94,18 @@ for _s in (
               "dynamic", "QUInt8", "QUInt8", False),
 ):
     ORT_SCHEMES.add(_s.name, _s)
+
+
+def ort_scheme_table_markdown() -> str:
+    """The README table of ONNX Runtime schemes, one row per registered scheme."""
+    header = ("Scheme", "What it is", "Mode", "Activations", "Weights", "Calibration")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, s in ORT_SCHEMES.items():
+        weights = f"{s.weight_type} {'per-channel' if s.per_channel else 'per-tensor'}"
+        cells = (f"`{name}`", s.summary, f"`quantize_{s.mode}`", s.activation_type, weights,
+                 "yes" if s.needs_calibration else "no")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 class _Batches:

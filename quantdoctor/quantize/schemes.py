@@ -156,3 +156,27 @@ def scheme_table_markdown() -> str:
         )
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def runtime_of_scheme(name: str) -> str:
+    """"tflite" for a TFLite converter scheme, "onnx" for an ONNX Runtime quantizer scheme.
+
+    Raises:
+        UnknownNameError: no runtime knows the name (the message lists every scheme).
+    """
+    from quantdoctor.errors import UnknownNameError
+    from quantdoctor.quantize.onnxrt import ORT_SCHEMES
+
+    if name in SCHEMES.names():
+        return "tflite"
+    if name in ORT_SCHEMES.names():
+        return "onnx"
+    known = ", ".join([*SCHEMES.names(), *ORT_SCHEMES.names()])
+    raise UnknownNameError(f"unknown scheme '{name}'; choose one of: {known} (see `quantdoctor schemes`)")
+
+
+def needs_calibration(name: str) -> bool:
+    """Whether scheme `name` (of either runtime) needs a representative dataset."""
+    from quantdoctor.quantize.onnxrt import ORT_SCHEMES
+
+    return (SCHEMES if runtime_of_scheme(name) == "tflite" else ORT_SCHEMES).get(name).needs_calibration

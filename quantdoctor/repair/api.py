@@ -75,6 +75,9 @@ def repair(
         given = read_tflite(quantized)
         scheme = infer_scheme(given)
     source = detect_source(Path(model))
+    if source.kind == "onnx":
+        raise UserInputError("repair takes Keras, SavedModel and .tflite models; ONNX repair is not built yet "
+                             "(diagnose and compare take .onnx models)")
     keras_model = load_keras_model(source.path) if source.kind == "keras" else None
     dataset = _dataset(data, source, keras_model, preprocess, resize)
     eval_ds, calib_ds = _split(dataset, scheme, calib, calib_count, preprocess, resize)

@@ -78,12 +78,18 @@ def test_tflite_without_identifier_is_refused(tmp_path):
         detect_source(path)
 
 
-@pytest.mark.parametrize("name", ["m.onnx", "m.pt", "weights"])
+@pytest.mark.parametrize("name", ["m.pt", "weights"])
 def test_other_files_are_refused_with_the_supported_kinds(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(b"\x00" * 16)
-    with pytest.raises(ModelLoadError, match=r"is not a \.keras, \.h5, SavedModel directory or \.tflite file"):
+    with pytest.raises(ModelLoadError, match=r"is not a \.keras, \.h5, SavedModel directory, \.tflite, \.onnx or \.pt2 file"):
         detect_source(path)
+
+
+def test_onnx_files_are_told_apart_by_suffix(tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"\x00" * 16)  # its content is checked when the ONNX backend reads it
+    assert detect_source(path) == ModelSource("onnx", path)
 
 
 def test_folder_without_saved_model_is_refused(tmp_path):
@@ -97,8 +103,8 @@ def test_missing_path_is_refused(tmp_path):
 
 
 def test_model_source_refuses_unknown_kind():
-    with pytest.raises(ValueError, match="onnx"):
-        ModelSource("onnx", Path("m.onnx"))
+    with pytest.raises(ValueError, match="pytorch"):
+        ModelSource("pytorch", Path("m.pt"))
 
 
 # --- load_keras_model ----------------------------------------------------------------------------------------------

@@ -17,12 +17,12 @@ from quantdoctor.errors import ModelLoadError
 if TYPE_CHECKING:
     import keras
 
-KINDS = ("keras", "savedmodel", "tflite")
+KINDS = ("keras", "savedmodel", "tflite", "onnx", "torch")
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 # A TFLite flatbuffer carries this file identifier at bytes 4..8 (bytes 0..4 are the root table offset).
 TFLITE_IDENTIFIER = b"TFL3"
 _SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
-_NOT_A_MODEL = "is not a .keras, .h5, SavedModel directory or .tflite file"
+_NOT_A_MODEL = "is not a .keras, .h5, SavedModel directory, .tflite, .onnx or .pt2 file"
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,10 @@ def detect_source(path: str | Path) -> ModelSource:
         return ModelSource("keras", path)
     if _has_tflite_identifier(path):
         return ModelSource("tflite", path)
+    if suffix == ".onnx":
+        return ModelSource("onnx", path)
+    if suffix == ".pt2":  # a torch.export program: exported to ONNX, labelled with module paths
+        return ModelSource("torch", path)
     if suffix == ".tflite":
         raise ModelLoadError(
             f"{path} is not a TFLite flatbuffer (no 'TFL3' identifier at byte 4); re-export the model as .tflite"

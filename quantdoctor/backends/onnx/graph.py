@@ -198,6 +198,7 @@ def graph_from_onnx(model: bytes) -> Graph:
             consumers=tuple(consumers.get(idx, ())), is_constant=name in constants,
         )
     return Graph(tensors=tensors, ops=tuple(ops), inputs=inputs, outputs=outputs, weighted_types=WEIGHTED_OPS,
+                 qdq=any(op.type == "QuantizeLinear" for op in ops),
                  conversion_types=CONVERSION_OPS, dynamic_min_elements=0)
 
 

@@ -160,11 +160,26 @@ class OnnxRunner:
         """This model run with ops `replaced` computed by the caller (see `Splice`)."""
         return Splice(self.model, self.graph, replaced, num_threads=self._threads)
 
-    def op_runner(self) -> OpRunner:
-        """Single ops of this model, each cut out and run alone (built on first use, kept)."""
+    def op_runner(self, constants: dict[int, dict[int, np.ndarray]] | None = None) -> OpRunner:
+        """Single ops of this model, each cut out and run alone (built on first use, kept); with `constants` (op →
+        tensor → array) a separate runner whose cuts carry those initializers instead."""
+        if constants is not None:
+            return OpRunner(self.model, num_threads=self._threads, constants=constants, graph=self.graph)
         if self._op_runner is None:
             self._op_runner = OpRunner(self.model, num_threads=self._threads, graph=self.graph)
         return self._op_runner
+
+    def constant(self, index: int) -> np.ndarray:
+        """An initializer as stored (integers stay integers)."""
+        from onnx import numpy_helper
+
+        from quantdoctor.backends.onnx.loader import parse_model
+
+        name = self.graph.tensors[index].name
+        init = next((t for t in parse_model(self.model).graph.initializer if t.name == name), None)
+        if init is None:
+            raise DataError(f"tensor {index} ({name}) is not a constant of the model")
+        return numpy_helper.to_array(init)
 
     @classmethod
     def from_path(cls, path: str | Path, batch_size: int = 16) -> OnnxRunner:

@@ -115,8 +115,15 @@ class TfliteRunner:
         """This model run with ops `replaced` computed by the caller (see `Splice`)."""
         return Splice(self.model, self.graph, replaced)
 
-    def op_runner(self) -> OpRunner:
-        """Single ops of this model, each cut out and run alone (built on first use, kept)."""
+    def op_runner(self, constants: dict[int, dict[int, np.ndarray]] | None = None) -> OpRunner:
+        """Single ops of this model, each cut out and run alone (built on first use, kept); with `constants` (op →
+        tensor → float32 array) a separate runner whose cuts carry those constants instead."""
+        if constants is not None:
+            return OpRunner(self.model, constants=constants)
         if self._op_runner is None:
             self._op_runner = OpRunner(self.model)
         return self._op_runner
+
+    def constant(self, index: int) -> np.ndarray:
+        """A constant tensor as stored (integers stay integers)."""
+        return np.asarray(self._interp.get_tensor(index))

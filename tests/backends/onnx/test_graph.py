@@ -87,8 +87,12 @@ def test_pairing_covers_every_conv_and_gemm(kind, scheme):
         (relu,) = [fg.op(c) for c in fg.tensors[t].consumers]
         assert scheme in STATIC_SCHEMES and relu.type == "Relu", fg.tensors[t].name
         twin = next(p.quant_index for p in m.pairs if p.float_index == relu.outputs[0])
-        assert qg.producer_type(twin) == "Conv"
+        assert qg.producer_type(through_conversions(qg, twin)) == "Conv"
     assert all(p.method.value == "exact_id" for p in m.pairs)
+    # In a QDQ graph a tensor's quantized value is its QuantizeLinear's output: that is what each pair points at
+    inner = [p for p in m.pairs if p.quant_index not in (*qg.inputs, *qg.outputs)]
+    assert qg.qdq == (scheme in STATIC_SCHEMES)
+    assert inner and not qg.qdq or all(qg.producer_type(p.quant_index) == "QuantizeLinear" for p in inner)
 
 
 def test_normalize_folds_constants_and_orders_nodes():

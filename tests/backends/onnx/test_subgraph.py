@@ -136,6 +136,7 @@ def test_every_op_computed_by_its_float_twin_gives_the_float_output(kind, scheme
     fr, qr = runner_of(kind, None), runner_of(kind, scheme)
     m = match_graphs(fr.graph, qr.graph)
     q_to_f = {p.quant_index: p.float_index for p in m.pairs}
+    q_to_f.update({through_conversions(qr.graph, p.quant_index): p.float_index for p in m.pairs})  # QDQ: Q's input
     everything = compute_ops(qr.graph)
     twins = {op: _float_twin(fr, qr, q_to_f, op) for op in everything}
     x = sample_input(4)
