@@ -16,7 +16,14 @@ $(VENV)/.stamp-base: pyproject.toml
 	$(PIP) install -q --no-deps $(DATA_WHEELS)
 	touch $@
 
+# PyTorch for the torch tests: the CPU build, pinned (an unpinned torch pulls several GB of CUDA packages). MTCNN's
+# weights come from facenet-pytorch, whose own pins (torch<2.3, numpy<2) must not be installed: --no-deps.
+TORCH_CPU := torch==2.13.0
+TORCH_WHEELS := facenet-pytorch==2.6.0
+
 $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
+	$(PIP) install -q "$(TORCH_CPU)"
+	$(PIP) install -q --no-deps $(TORCH_WHEELS)
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 
