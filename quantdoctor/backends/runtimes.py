@@ -74,4 +74,4 @@ def _onnx_runner(model: bytes, batch_size: int) -> Runner:
 
 
 RUNTIMES.add("tflite", Runtime("tflite", _read_tflite, _tflite_runner, ".tflite", one_op_repro=True, weight_analysis=True))
-RUNTIMES.add("onnx", Runtime("onnx", _read_onnx, _onnx_runner, ".onnx"))
+RUNTIMES.add("onnx", Runtime("onnx", _read_onnx, _onnx_runner, ".onnx", one_op_repro=True))

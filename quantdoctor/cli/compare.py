@@ -15,14 +15,16 @@ def add_parser(sub) -> None:
     from quantdoctor.cli.main import add_data_options, add_explain_options
 
     c = sub.add_parser("compare", help="two models, each against its quantized version: what explains the gap")
-    c.add_argument("model_a", help="float model A: .keras, .h5, SavedModel directory or float .tflite")
+    c.add_argument("model_a", help="float model A: .keras, .h5, SavedModel directory, float .tflite, .onnx or .pt2")
     c.add_argument("model_b", help="float model B (e.g. the same architecture with more classes)")
     c.add_argument("--data", required=True, help="evaluation data of A (and of B unless --data-b is given)")
     c.add_argument("--data-b", metavar="DATA", help="evaluation data of B, if it differs (e.g. other classes)")
     q = c.add_mutually_exclusive_group(required=True)
     q.add_argument("--scheme", help="quantize both with this scheme (see `quantdoctor schemes`)")
     q.add_argument("--quantized-a", metavar="FILE", help="A's quantized .tflite (give --quantized-b too)")
-    c.add_argument("--quantized-b", metavar="FILE", help="B's quantized .tflite")
+    c.add_argument("--quantized-b", metavar="FILE", help="B's quantized .tflite or .onnx")
+    c.add_argument("--scheme-b", metavar="NAME",
+                   help="quantize B with this scheme instead of --scheme (B of another runtime, e.g. ort-qdq-int8)")
     add_data_options(c)
     add_explain_options(c)
     c.add_argument("--out", metavar="DIR",
@@ -38,14 +40,19 @@ def run_compare(args: argparse.Namespace) -> int:
 
     if args.quantized_b is not None and args.scheme is not None:
         raise UserInputError("--quantized-b goes with --quantized-a, not with --scheme; give one way of quantizing")
+    if args.scheme_b is not None and args.scheme is None:
+        raise UserInputError("--scheme-b goes with --scheme (A's scheme); give both")
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
     result = compare(
         args.model_a, args.model_b, args.data, data_b=args.data_b, scheme=args.scheme,
-        quantized_a=args.quantized_a, quantized_b=args.quantized_b, progress=not args.no_progress and not args.json,
+        quantized_a=args.quantized_a, quantized_b=args.quantized_b, scheme_b=args.scheme_b,
+        progress=not args.no_progress and not args.json,
         preprocess=args.preprocess, resize=args.resize, calib=args.calib, calib_count=args.calib_count,
         batch_size=args.batch_size, top_k=args.top_k, max_samples=args.max_samples,
+        explain=not args.no_explain, explain_samples=args.explain_samples,
+        verify=not args.no_verify, verify_samples=args.verify_samples,
     )
     if args.json:
         sys.stdout.write(result.to_json() + "\n")

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-samples", type=int, default=None, help="evaluate at most this many photos")
     m.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     m.add_argument("--width", type=int, default=None, help="terminal width for the summary")
+    m.add_argument("--runtime", choices=("tflite", "onnx"), default="tflite",
+                   help="tflite: the Keras port under LiteRT, with a repair (default); onnx: the PyTorch model exported "
+                        "to ONNX under ONNX Runtime's quantizer (needs the torch extra)")
     from quantdoctor.cli.repair import add_parsers
 
     add_parsers(sub)

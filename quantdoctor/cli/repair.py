@@ -15,15 +15,17 @@ EXIT_BUDGET_NOT_MET = 3
 def add_parsers(sub) -> None:
     """Add the `repair` and `apply` subcommands to main's subparsers."""
     r = sub.add_parser("repair", help="find the smallest change that brings the quantized model within a budget")
-    r.add_argument("model", help="float model: .keras, .h5, SavedModel directory or float .tflite")
+    r.add_argument("model", help="float model: .keras, .h5, SavedModel directory, float .tflite or float .onnx")
     r.add_argument("--data", required=True, help=".npz (x, optional y), .npy, or an image folder")
     q = r.add_mutually_exclusive_group(required=True)
     q.add_argument("--scheme", help="quantization scheme to repair (see `quantdoctor schemes`)")
-    q.add_argument("--quantized", metavar="FILE", help="a quantized .tflite made elsewhere (its scheme is read from it)")
+    q.add_argument("--quantized", metavar="FILE",
+                   help="a quantized .tflite or .onnx made elsewhere (its scheme is read from it)")
     r.add_argument("--max-drop", type=float, default=1.0, help="allowed drop in points of --metric (default: 1.0)")
     r.add_argument("--metric", default="agreement", choices=("agreement", "top1", "topk"),
                    help="agreement = top-1 agreement with float; top1/topk = accuracy on labels")
-    r.add_argument("--out", metavar="DIR", help="write repaired.tflite, recipe.json, repair.json and repair.html here")
+    r.add_argument("--out", metavar="DIR",
+                   help="write repaired.tflite (.onnx), recipe.json, repair.json and repair.html here")
     r.add_argument("--rank-size", type=int, default=32, help="samples the search ranks candidates on (default: 32)")
     from quantdoctor.cli.main import add_data_options
 
@@ -33,7 +35,8 @@ def add_parsers(sub) -> None:
     a = sub.add_parser("apply", help="re-apply a repair recipe to the float model it was made from")
     a.add_argument("recipe", help="recipe.json written by `quantdoctor repair --out`")
     a.add_argument("model", help="the float model the recipe was made from")
-    a.add_argument("--out", metavar="FILE", default="repaired.tflite", help="where to write the .tflite (default: repaired.tflite)")
+    a.add_argument("--out", metavar="FILE", default=None,
+                   help="where to write the repaired model (default: repaired.tflite, or repaired.onnx for an ONNX recipe)")
 
 
 def run_repair(args: argparse.Namespace) -> int:
@@ -47,7 +50,10 @@ def run_repair(args: argparse.Namespace) -> int:
     )
     print(result.to_json() if args.json else result.summary())
     if args.out:
-        print(f"wrote {Path(args.out) / 'repaired.tflite'}, recipe.json, repair.json and repair.html", file=sys.stderr)
+        from quantdoctor.repair.api import model_name
+
+        name = model_name("onnx" if str(args.model).lower().endswith(".onnx") else "tflite")
+        print(f"wrote {Path(args.out) / name}, recipe.json, repair.json and repair.html", file=sys.stderr)
     if not result.budget_met:
         print(f"quantdoctor: {result.message}", file=sys.stderr)
         return EXIT_BUDGET_NOT_MET
@@ -59,8 +65,9 @@ def run_apply(args: argparse.Namespace) -> int:
     from quantdoctor.repair.recipe import Recipe, apply_recipe, sha256
 
     recipe = Recipe.load(args.recipe)
+    out = args.out or ("repaired.onnx" if str(args.model).lower().endswith(".onnx") else "repaired.tflite")
     model = apply_recipe(recipe, args.model)
-    atomic_write_bytes(Path(args.out), model)
+    atomic_write_bytes(Path(out), model)
     same = "same bytes as the repair run" if sha256(model) == recipe.model_sha256 else "bytes differ from the repair run"
-    print(f"wrote {args.out} ({len(model)} bytes, {len(recipe.actions)} action(s); {same})", file=sys.stderr)
+    print(f"wrote {out} ({len(model)} bytes, {len(recipe.actions)} action(s); {same})", file=sys.stderr)
     return 0

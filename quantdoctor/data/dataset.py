@@ -17,7 +17,13 @@ class Dataset:
     """Samples read from a `Source`, preprocessed per batch, optionally restricted to a subset of its samples."""
 
     def __init__(
-        self, source: Source, input_shape: InputShape, preprocess: str = "none", *, indices: np.ndarray | None = None
+        self,
+        source: Source,
+        input_shape: InputShape,
+        preprocess: str = "none",
+        *,
+        indices: np.ndarray | None = None,
+        channels_first: bool = False,
     ) -> None:
         """Wrap `source` for a model with per-sample `input_shape`.
 
@@ -26,6 +32,8 @@ class Dataset:
             input_shape: the model's per-sample input shape.
             preprocess: name of a preset in `PRESETS`.
             indices: the source samples this dataset covers (all if None).
+            channels_first: the model takes (C, H, W) samples (ONNX/PyTorch convention) while the source holds
+                (H, W, C) images: the preset runs on (H, W, C), then each batch is transposed.
 
         Raises:
             UnknownNameError: an unknown preset.
@@ -36,8 +44,10 @@ class Dataset:
         self.preprocess = preprocess
         self._preset = PRESETS.get(preprocess)
         self._index = np.arange(len(source), dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
+        self.channels_first = channels_first
+        read_shape = (*self.input_shape[1:], self.input_shape[0]) if channels_first else self.input_shape
         # A one-sample dry run so a preset that cannot apply fails now, not in the middle of a long pass.
-        self._preset(np.zeros((1, *(d or 1 for d in self.input_shape)), dtype=np.float32))
+        self._preset(np.zeros((1, *(d or 1 for d in read_shape)), dtype=np.float32))
 
     @classmethod
     def from_images(
@@ -52,6 +62,11 @@ class Dataset:
         """A dataset over an explicit list of image files (label -1 = no label; `labels=None` = none at all)."""
         source = ImageFilesSource(paths, labels, input_shape, resize=resize, description=description)
         return cls(source, input_shape, preprocess)
+
+    def channels_first_view(self) -> Dataset:
+        """The same samples as (C, H, W) for a channels-first model (this dataset holds (H, W, C) images)."""
+        h, w, c = self.input_shape
+        return Dataset(self.source, (c, h, w), self.preprocess, indices=self._index, channels_first=True)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -75,7 +90,8 @@ class Dataset:
 
     def subset(self, indices: np.ndarray | Sequence[int]) -> Dataset:
         """The samples at `indices` (positions in this dataset) as a new dataset over the same source."""
-        return Dataset(self.source, self.input_shape, self.preprocess, indices=self._index[self._positions(indices)])
+        return Dataset(self.source, self.input_shape, self.preprocess, indices=self._index[self._positions(indices)],
+                       channels_first=self.channels_first)
 
     def batches(
         self, batch_size: int, indices: np.ndarray | None = None
@@ -96,6 +112,8 @@ class Dataset:
         for start in range(0, len(order), batch_size):
             positions = order[start : start + batch_size]
             x = np.asarray(self._preset(self.source.read(self._index[positions])), dtype=np.float32)
+            if self.channels_first:
+                x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
             self._check_finite(x, positions)
             yield x, positions
 
@@ -148,7 +166,16 @@ def load_dataset(
         UnknownNameError: an unknown preset or resize mode.
     """
     PRESETS.get(preprocess)  # fail on a typo before scanning a large folder
+    shape = tuple(input_shape)
+    if Path(path).is_dir() and _channels_first(shape):  # images are (H, W, C); an ONNX/PyTorch model takes (C, H, W)
+        hwc = (*shape[1:], shape[0])
+        return Dataset(open_source(path, hwc, resize), hwc, preprocess).channels_first_view()
     return Dataset(open_source(path, input_shape, resize), input_shape, preprocess)
+
+
+def _channels_first(shape: tuple) -> bool:
+    """(C, H, W) with 1 or 3 channels first and a larger spatial size (so not an (H, W, C) image of 1 or 3 pixels)."""
+    return len(shape) == 3 and shape[0] in (1, 3) and shape[2] not in (1, 3)
 
 
 def split_calibration(n: int, calib_count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

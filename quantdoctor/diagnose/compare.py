@@ -228,6 +228,7 @@ def compare(
     quantized_a: str | Path | None = None,
     quantized_b: str | Path | None = None,
     *,
+    scheme_b: str | None = None,
     progress: bool = False,
     **options: Any,
 ) -> Comparison:
@@ -237,6 +238,8 @@ def compare(
         model_a, model_b: float models (anything `quantdoctor.diagnose` reads).
         data: evaluation data of A (and of B unless `data_b` is given).
         scheme: quantize both here with this scheme; or give both `quantized_a` and `quantized_b`.
+        scheme_b: quantize B with this scheme instead (two runtimes: e.g. A a Keras model under "int8", B its ONNX
+            export under "ort-qdq-int8"; layers then align by position and op kind).
         options: further `DiagnoseConfig` fields (preprocess=, top_k=, batch_size=, ...), applied to both sides.
 
     Raises:
@@ -250,7 +253,8 @@ def compare(
     if (scheme is None) == (quantized_a is None):
         raise UserInputError("give exactly one of --scheme NAME or --quantized-a FILE --quantized-b FILE")
     diag_a = diagnose(model_a, data, quantized_a, scheme, progress=progress, **options)
-    diag_b = diagnose(model_b, data if data_b is None else data_b, quantized_b, scheme, progress=progress, **options)
+    diag_b = diagnose(model_b, data if data_b is None else data_b, quantized_b,
+                      None if quantized_b is not None else (scheme_b or scheme), progress=progress, **options)
     return compare_diagnoses(diag_a, diag_b, str(model_a), str(model_b))
 
 
@@ -263,6 +267,20 @@ def compare_diagnoses(a: Diagnosis, b: Diagnosis, name_a: str = "A", name_b: str
     parting = parting_layer(layers, worse="b" if _flip_rate(b) >= _flip_rate(a) else "a")
     partial = Comparison(name_a, name_b, metrics, layers, unaligned, parting, (), a, b)
     return Comparison(name_a, name_b, metrics, layers, unaligned, parting, explain(partial), a, b)
+
+
+# Op types of different runtimes that compute the same layer kind (TFLite builtins → ONNX operators).
+OP_KINDS = {
+    "CONV_2D": "Conv", "DEPTHWISE_CONV_2D": "Conv", "TRANSPOSE_CONV": "ConvTranspose", "FULLY_CONNECTED": "Gemm",
+    "MatMul": "Gemm", "ADD": "Add", "MUL": "Mul", "SUB": "Sub", "CONCATENATION": "Concat", "MEAN": "GlobalAveragePool",
+    "ReduceMean": "GlobalAveragePool", "AVERAGE_POOL_2D": "AveragePool", "MAX_POOL_2D": "MaxPool", "RESHAPE": "Reshape",
+    "Flatten": "Reshape", "SOFTMAX": "Softmax", "RELU": "Relu", "RELU6": "Clip", "LOGISTIC": "Sigmoid",
+}
+
+
+def op_kind(op_type: str) -> str:
+    """The runtime-neutral kind of an op type, so a TFLite and an ONNX model align by position."""
+    return OP_KINDS.get(op_type, op_type)
 
 
 def align_layers(
@@ -282,7 +300,7 @@ def align_layers(
     unaligned = []
     while i < len(rest_a) and j < len(rest_b):
         la, lb = rest_a[i], rest_b[j]
-        if la.op_type == lb.op_type:
+        if op_kind(la.op_type) == op_kind(lb.op_type):
             pairs.append(_pair(la, lb, AlignMethod.POSITION))
             i, j = i + 1, j + 1
         elif la.position <= lb.position:

@@ -86,7 +86,8 @@ def find_all(diagnosis: Diagnosis, graph: Graph | None = None) -> tuple[Finding,
     upstream = [f for f in found if f.mechanism != "output_margins" and f.severity is Severity.CRITICAL]
     if upstream:  # the noise at the logits comes from a critical op upstream: the margins are not the cause
         found = [
-            replace(f, severity=Severity.WARNING, evidence={**f.evidence, "noise_from": upstream[0].layers[0]})
+            replace(f, severity=Severity.WARNING,
+                    evidence={**f.evidence, "noise_from": upstream[0].layers[0] if upstream[0].layers else ""})
             if f.mechanism == "output_margins" and f.severity is Severity.CRITICAL else f
             for f in found
         ]

@@ -53,9 +53,11 @@ def build_layers(
         inputs: list[int] = []
         if producer is not None:
             for i in qg.activation_inputs(producer):
-                src = through_conversions(qg, i)
-                if src in q_to_f:
-                    inputs.append(q_to_f[src])
+                src = matching.float_of(qg, i) if qg.qdq else q_to_f.get(through_conversions(qg, i))
+                if src is not None:
+                    inputs.append(src)
+        if qg.qdq and qg.tensors[q].quant is not None:  # QDQ: the grid is the quantize op's output
+            qt = replace(qt, quant=qg.tensors[q].quant, dtype=qg.tensors[q].dtype)
         in_sqnr = None
         if inputs:
             in_sqnr = min(errors[i].sqnr_db for i in inputs if i in errors) if any(i in errors for i in inputs) else None
@@ -144,6 +146,9 @@ def _input_sqnr(value: float | None, is_graph_input: bool) -> float | None:
     return None if is_graph_input else value
 
 
+FOLDED_ACTIVATIONS = frozenset({"Relu", "Clip", "LeakyRelu"})
+
+
 def coverage(layers: tuple[LayerResult, ...], matching: Matching, fg: Graph, keras_weighted: set[str] | None) -> Coverage:
     """Match coverage; conv/depthwise/dense layers are counted as Keras layers when known, else as float ops."""
     float_total = len(matching.pairs) + sum(1 for u in matching.unmatched if u.side == "float")
@@ -151,8 +156,20 @@ def coverage(layers: tuple[LayerResult, ...], matching: Matching, fg: Graph, ker
         total = keras_weighted
         covered = {name for l in layers for name in l.keras_layers} & total
     else:
-        total = {fg.tensors[t].name for op in fg.ops if op.type in fg.weighted_types for t in op.outputs}
-        covered = {l.float_tensor for l in layers} & total
+        matched = {l.float_tensor for l in layers}
+        total, covered = set(), set()
+        for op in fg.ops:
+            if op.type not in fg.weighted_types:
+                continue
+            for t in op.outputs:
+                total.add(fg.tensors[t].name)
+                # A quantizer that folds the activation after the op (ORT: Conv+Relu/Clip) pairs the activation's
+                # output: the op is covered through it.
+                readers = [fg.op(c) for c in fg.tensors[t].consumers]
+                fused = len(readers) == 1 and readers[0].type in FOLDED_ACTIVATIONS and \
+                    fg.tensors[readers[0].outputs[0]].name in matched
+                if fg.tensors[t].name in matched or fused:
+                    covered.add(fg.tensors[t].name)
     return Coverage(
         matched=len(matching.pairs),
         float_tensors=float_total,

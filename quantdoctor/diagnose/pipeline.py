@@ -131,7 +131,7 @@ class _Run:
             verification = None
             if cfg.verify:
                 found, verification = self._verify(found, diagnosis, float_runner, quant_runner, matching, eval_ds)
-            repros = _repros(found, diagnosis, probes, quant_bytes) if runtime.one_op_repro else ()
+            repros = _repros(found, diagnosis, probes, quant_bytes, runtime.name) if runtime.one_op_repro else ()
             diagnosis = replace(diagnosis, findings=found, verification=verification, repros=repros)
             diagnosis = replace(diagnosis, run=replace(run, seconds={k: round(v, 3) for k, v in self.prog.seconds.items()}))
         return diagnosis
@@ -326,7 +326,7 @@ class _Run:
         return {f: a.result() for f, a in accs.items()}, metrics, None if margins is None else margins.result()
 
 
-def _repros(findings, diagnosis, probes, quant_bytes) -> tuple:
+def _repros(findings, diagnosis, probes, quant_bytes, runtime: str = "tflite") -> tuple:
     """A one-op reproduction of the worst op of each kernel-defect finding."""
     from quantdoctor.diagnose.results import Repro
 
@@ -337,7 +337,7 @@ def _repros(findings, diagnosis, probes, quant_bytes) -> tuple:
         layer = next((l for l in diagnosis.layers if l.label == f.evidence.get("worst_layer")), None)
         inputs = probes.inputs_of(layer.position) if layer is not None and probes is not None else ()
         if inputs:
-            out.append(Repro(layer.position, layer.op_type, quant_bytes, inputs))
+            out.append(Repro(layer.position, layer.op_type, quant_bytes, inputs, runtime))
     return tuple(out)
 
 

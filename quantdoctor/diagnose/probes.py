@@ -17,7 +17,7 @@ tensor's SQNR to about a dB (a tensor holds thousands of values per sample), and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -56,6 +56,7 @@ class _OpProbe:
     isolated: ErrorAccumulator
     expected: ErrorAccumulator | None  # None: no float op computes the same thing (a fused op), no prediction
     observed_mode: tuple = ("none",)  # QDQ: the quantize op after the op puts its output on the grid
+    kernel_inputs: tuple[int, ...] = ()  # QDQ with a kernel check: float tensors feeding the op's QDQ neighbourhood
     first_inputs: tuple[np.ndarray, ...] = ()  # the first sample's inputs, for a one-op reproduction
 
 
@@ -67,6 +68,7 @@ class Probes:
         self.fg, self.qg, self.dynamic = fg, qg, dynamic
         self.explain_samples = explain_samples
         self.seen = 0
+        self.matching = matching
         self.q_to_f = {p.quant_index: p.float_index for p in matching.pairs}
         self.f_to_q = {p.float_index: p.quant_index for p in matching.pairs}
         hybrid_inputs = _hybrid_inputs(qg) if dynamic else set()
@@ -88,13 +90,17 @@ class Probes:
             self.acts[pair.float_index] = (ActivationAccumulator(qrange=qrange, step=step), ActivationAccumulator(), grid)
         self.skipped: dict[int, str] = {}
         self.quant_ops = quant_runner.op_runner()
+        # QDQ runtimes that can run an op's fused kernel and the standard's reference: isolated = the kernel a
+        # deployed session runs, expected = what the parameters mean (a fused kernel that drifts is a kernel defect).
+        self.kernels = quant_runner.kernel_runner() if qg.qdq and hasattr(quant_runner, "kernel_runner") else None
+        self.reference = quant_runner.reference_runner() if self.kernels is not None else None
         self.ops = self._plan_ops(float_runner.op_runner(), matching)
         self.float_ops = float_runner.op_runner(constants=self._dequantized_weights(quant_runner))
 
     @property
     def float_ids(self) -> set[int]:
         """Float tensors the probes read each batch (beyond the matched ones the pipeline captures anyway)."""
-        return {t for p in self.ops for t in (*p.q_inputs, *p.f_inputs, p.f_out)}
+        return {t for p in self.ops for t in (*p.q_inputs, *p.f_inputs, *p.kernel_inputs, p.f_out)}
 
     def update(self, fv: dict[int, np.ndarray], qv: dict[int, np.ndarray]) -> None:
         """Fold in one batch: fv/qv map float/quantized tensor indices to their float32 values."""
@@ -112,8 +118,13 @@ class Probes:
 
     def _isolate(self, p: _OpProbe, fv: dict[int, np.ndarray], n: int) -> None:
         if not p.first_inputs:
-            p.first_inputs = tuple(fv[t][:1].copy() for t in p.q_inputs)
+            p.first_inputs = tuple(fv[t][:1].copy() for t in (p.kernel_inputs or p.q_inputs))
         ref = fv[p.f_out][:n]
+        if p.kernel_inputs:  # the deployed (fused) kernel against the standard's reference on the same integers
+            args = [fv[t][:n] for t in p.kernel_inputs]
+            p.isolated.update(ref, self.kernels.run(p.q_op, args).reshape(ref.shape))
+            p.expected.update(ref, self.reference.run(p.q_op, args).reshape(ref.shape))
+            return
         observed = _fake_quant(self.quant_ops.run(p.q_op, [fv[t][:n] for t in p.q_inputs]), p.observed_mode)
         p.isolated.update(ref, observed.reshape(ref.shape))
         if p.expected is None:
@@ -173,16 +184,30 @@ class Probes:
                 _OpProbe(q_op.index, f_op.index, pair.float_index, tuple(q_inputs), tuple(f_io.inputs), f_modes,
                          out_mode, ErrorAccumulator(), None if fused else ErrorAccumulator(), observed_mode)
             )
-            if fused:
+            kernel_inputs = self._kernel_inputs(q_op.index)
+            if kernel_inputs:
+                probes[-1] = replace(probes[-1], kernel_inputs=kernel_inputs,
+                                     expected=probes[-1].expected or ErrorAccumulator())
+            elif fused:
                 self.skipped[pair.float_index] = f"{q_op.type} fused with the float {f_op.type}: no expected error"
         return probes
 
+    def _kernel_inputs(self, q_op: int) -> tuple[int, ...]:
+        """Float tensors feeding op `q_op` with its QDQ neighbourhood, or () when it has no kernel check."""
+        if self.kernels is None:
+            return ()
+        try:
+            reads = self.kernels.io(q_op).inputs
+        except Exception:  # noqa: BLE001 - an op without a QDQ neighbourhood (a Q/DQ op, a float op) has no kernel check
+            return ()
+        floats = [self._float_of(t) for t in reads]
+        return () if any(f is None for f in floats) else tuple(floats)
+
     def _float_of(self, q: int) -> int | None:
-        """The float tensor a quantized one stands for: its pair, or the pair of the tensor it converts."""
-        f = self.q_to_f.get(through_conversions(self.qg, q))
-        if f is None and self.qg.qdq:  # a dequantize output read by the op: its quantize op's output is the pair
-            f = self.q_to_f.get(self.qg.quantized_form(through_conversions(self.qg, q)))
-        return f
+        """The float tensor a quantized one stands for (`Matching.float_of`)."""
+        if self.qg.qdq:
+            return self.matching.float_of(self.qg, q)
+        return self.q_to_f.get(through_conversions(self.qg, q))
 
     def _input_mode(self, f_in: int, q_reads: tuple[int, ...], hybrid: bool) -> tuple:
         """How the quantized op sees float input `f_in`: through its integer input tensor, per sample, or as is."""

@@ -176,6 +176,7 @@ class Repro:
     op_type: str
     model: bytes = field(repr=False)
     inputs: tuple[Any, ...] = field(repr=False)
+    runtime: str = "tflite"  # which writer makes the files: a one-op .tflite, or an ONNX QDQ neighbourhood cut
 
 
 class Severity(str, Enum):

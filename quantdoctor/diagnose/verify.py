@@ -38,6 +38,7 @@ MIN_LOSS = 0.03  # below 3 % of decisions lost there is nothing worth locating..
 MIN_LOST_SAMPLES = 3  # ...nor in fewer lost decisions than this (one or two flips are sampling noise)
 MAX_CHAIN = 3  # float ops a fused quantized op may stand for (Conv + Relu, Conv + Clip, ...)
 PRUNE_AT_MOST = 6  # prune a recovering prefix one op at a time only when it is this small
+SHRINK_BUDGET = 12  # evaluations spent shrinking a galloped set by delta debugging
 TABLE_ROWS = 4  # cause members measured one by one in the sensitivity table...
 TABLE_OTHERS = 1  # ...plus the best proxies outside the set
 
@@ -64,7 +65,8 @@ class Counterfactuals:
         self.batches = [(x, None if labels is None else labels[idx]) for x, idx in subset.batches(batch_size)]
         self.float_out = [float_runner.run(x).reshape(len(x), -1).copy() for x, _ in self.batches]
         self.num_classes = self.float_out[0].shape[1]
-        self._q_to_f = {p.quant_index: p.float_index for p in matching.pairs}
+        self.matching = matching
+        self._q_to_f = matching.q_to_f
         self._f_to_q = {p.float_index: p.quant_index for p in matching.pairs}
         self.twins = self._twins()  # quantized op -> (float ops, input permutation)
         self.candidates = tuple(sorted(self.twins))
@@ -75,13 +77,9 @@ class Counterfactuals:
 
     def _float_source(self, t: int) -> int | None:
         """The float tensor a quantized tensor stands for (through inserted (de)quantize ops)."""
-        if t in self._q_to_f:
-            return self._q_to_f[t]
-        base = through_conversions(self.qg, t)
-        if base in self._q_to_f:
-            return self._q_to_f[base]
-        if self.qg.quantized_form(base) in self._q_to_f:  # QDQ: the pair is the quantize op's output
-            return self._q_to_f[self.qg.quantized_form(base)]
+        f = self.matching.float_of(self.qg, t)
+        if f is not None:
+            return f
         frontier = [t]
         for _ in range(3):  # a graph output read through its (quantize and) dequantize ops
             frontier = [op.outputs[0] for f in frontier for c in self.qg.tensors[f].consumers
@@ -246,12 +244,14 @@ def locate_causes(cf: Counterfactuals, ranked: Sequence[int], labels: dict[int, 
                     "still stored on its own tensor's grid, so the loss comes from the grids themselves (the output's, "
                     "for small margins) or from ops without a float twin", everything)
 
+    galloped = False
     for seed in seeds:  # a finding whose ops recover: bisect inside it
         members = [o for o in order if o in set(seed)]
         if members and cf.op_exact(members).recovery >= target:
             order, lo, k = members, 0, len(members)
             break
     else:
+        galloped = True
         k = 1
         while k < len(order) and not cf.op_exact(order[:k]).recovery >= target:  # gallop: 1, 2, 4, ... until it recovers
             k *= 2
@@ -268,6 +268,8 @@ def locate_causes(cf: Counterfactuals, ranked: Sequence[int], labels: dict[int, 
         else:
             lo = mid
     causes, outcome = list(order[:k]), prefix(k)
+    if galloped and len(causes) > PRUNE_AT_MOST:  # the proxies may have ranked the cause late: drop what is not needed
+        causes, outcome = _shrink(cf, causes, outcome, target)
     if 1 < len(causes) <= PRUNE_AT_MOST:  # drop members the rest does not need, least suspect first
         for op in reversed(list(causes)):
             if len(causes) == 1:
@@ -288,6 +290,32 @@ def locate_causes(cf: Counterfactuals, ranked: Sequence[int], labels: dict[int, 
     return done("", everything, sorted(causes), outcome, rows)
 
 
+def _shrink(cf: Counterfactuals, causes: list[int], outcome: Outcome, target: float,
+            budget: int = SHRINK_BUDGET) -> tuple[list[int], Outcome]:
+    """Delta-debugging reduction of a recovering set: drop chunks (halves, then quarters, ...) whose removal keeps the
+    recovery at the target, least suspect chunks first, within `budget` evaluations."""
+    parts = 2
+    while len(causes) > 1 and budget > 0:
+        size = math.ceil(len(causes) / parts)
+        chunks = [causes[i:i + size] for i in range(0, len(causes), size)]
+        dropped = False
+        for chunk in reversed(chunks):
+            rest = [c for c in causes if c not in chunk]
+            if not rest or budget == 0:
+                continue
+            budget -= 1
+            trial = cf.op_exact(rest)
+            if trial.recovery >= target:
+                causes, outcome, dropped = rest, trial, True
+        if not dropped:
+            if size == 1:
+                break
+            parts = min(len(causes), parts * 2)
+        else:
+            parts = max(parts - 1, 2)
+    return causes, outcome
+
+
 SYMPTOMS = ("output_margins", "accumulated_drift")  # describe how the damage shows; context when not verified
 NOT_OP_CAUSES = ("accumulated_drift", "float_ops")  # no op to make exact (drift: all of them; float ops: speed)
 VERIFY_FINDINGS = 4  # op-level findings checked one by one (the located causes cover the rest)...
@@ -295,9 +323,11 @@ CHECK_INFO = False  # ...info-level ones only when they are among them and this 
 
 
 def proxy_order(diagnosis, findings) -> list[int]:
-    """Candidate ops, most suspect first: ops of ranked findings, then by share of the output error, then by the drop.
+    """Candidate ops, most suspect first: ops of ranked findings, then by the noise each op adds by itself (its
+    isolated error where measured, else the growth of the accumulated error across it), then by share of the output.
 
-    This is only the order in which group testing tries ops; nothing is reported from it.
+    This is only the order in which group testing tries ops; nothing is reported from it. The op's own noise comes
+    before the share: a share credits amplified error downstream, so an early op that starts the damage ranks low.
     """
     order: list[int] = []
     for f in findings:
@@ -306,8 +336,10 @@ def proxy_order(diagnosis, findings) -> list[int]:
 
     def key(l):
         share = l.output_error_share if l.output_error_share is not None and not math.isnan(l.output_error_share) else -1
-        drop = l.sqnr_drop_db if l.sqnr_drop_db is not None and not math.isnan(l.sqnr_drop_db) else -1e9
-        return (-share, -drop, l.position)
+        own = l.isolated.sqnr_db if l.isolated is not None else math.nan
+        if math.isnan(own):
+            own = l.accumulated.sqnr_db if l.sqnr_drop_db is None or math.isnan(l.sqnr_drop_db) else -l.sqnr_drop_db
+        return (own, -share, l.position)
 
     order.extend(l.position for l in sorted(diagnosis.layers, key=key) if l.position not in order)
     return order

@@ -11,11 +11,13 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 
 from quantdoctor.backends.base import Graph
 from quantdoctor.matching.types import MatchMethod, Unmatched
 
 _DEDUP_DIGITS = re.compile(r"\d+$")
+_SHAPE_DTYPES = ("int32", "int64", "bool")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,18 @@ class Matching:
     def reasons(self) -> Counter:
         return Counter(u.reason for u in self.unmatched)
 
+    @cached_property
+    def q_to_f(self) -> dict[int, int]:
+        return {p.quant_index: p.float_index for p in self.pairs}
+
+    def float_of(self, qg: Graph, q: int) -> int | None:
+        """The float tensor a quantized tensor stands for: its pair, the pair of the tensor it converts, or (QDQ) the
+        pair of that tensor's quantize op output."""
+        for t in (q, through_conversions(qg, q)):
+            if t in self.q_to_f:
+                return self.q_to_f[t]
+        return self.q_to_f.get(qg.quantized_form(through_conversions(qg, q))) if qg.qdq else None
+
 
 def _per_sample(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(shape[1:])
@@ -40,8 +54,9 @@ def _per_sample(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def match_graphs(fg: Graph, qg: Graph) -> Matching:
     """Pair float activations with quantized activations. Each tensor is used at most once."""
-    f_acts = [t for t in fg.activations()]
-    q_acts = [t for t in qg.activations()]
+    # Shape arithmetic (int32/int64 tensors a Reshape or Flatten computes) carries no sample data: nothing to compare.
+    f_acts = [t for t in fg.activations() if fg.tensors[t].dtype not in _SHAPE_DTYPES]
+    q_acts = [t for t in qg.activations() if qg.tensors[t].dtype not in _SHAPE_DTYPES]
     q_by_name: dict[str, list[int]] = {}
     for t in q_acts:
         q_by_name.setdefault(qg.tensors[t].name, []).append(t)

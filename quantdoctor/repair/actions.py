@@ -7,6 +7,8 @@ real quantizer (the TFLite converter's `mlir_quantize`, ai-edge-quantizer) or a 
 
 Ops are named by their output tensor name in the float (or calibrated) .tflite: the converter and ai-edge-quantizer both
 keep these names, so a name stays valid while other ops are re-quantized around it (op indices shift, names do not).
+For an ONNX model, likewise by the tensor name a node writes in the float model; ONNX Runtime keeps it on the float tensor
+of the quantized model (`repair.build_onnx` maps it to node names and tensor overrides).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Backend(str, Enum):
 
     CONVERTER = "converter"  # TFLite converter: calibrate once, then mlir_quantize with denylists / edited ranges
     AEQ = "ai-edge-quantizer"  # ai-edge-quantizer recipes (regex scopes) on the float .tflite
+    ORT = "onnxruntime"  # ONNX Runtime's quantizer: nodes_to_exclude, TensorQuantOverrides, stored calibration ranges
 
 
 class RangeMethod(str, Enum):
@@ -38,6 +41,10 @@ ACTIONS: Registry[type["Action"]] = Registry("repair action")
 
 DYNAMIC_SCHEMES = frozenset({"dynamic", "dynamic-per-tensor"})
 STATIC_SCHEMES = frozenset({"int8", "int8-io", "int8-per-tensor", "int16x8"})
+# ONNX Runtime schemes (quantize/onnxrt.py): static QDQ ones calibrate activation ranges, dynamic ones do not.
+ORT_STATIC_SCHEMES = frozenset({"ort-qdq-int8", "ort-qdq-int8-per-tensor", "ort-qdq-uint8", "ort-qdq-a16w8"})
+ORT_DYNAMIC_SCHEMES = frozenset({"ort-dynamic", "ort-dynamic-uint8"})
+CALIBRATED_SCHEMES = STATIC_SCHEMES | ORT_STATIC_SCHEMES  # schemes whose activations have calibrated ranges
 
 
 def short_name(tensor: str) -> str:
@@ -116,6 +123,8 @@ class PerChannel(Action):
     def unsupported(self, backend: Backend, scheme: str) -> str | None:
         if backend == Backend.CONVERTER:
             return "mlir_quantize switches per-channel weights for the whole model only, not per op"
+        if backend == Backend.ORT and scheme in ORT_DYNAMIC_SCHEMES:
+            return "quantize_dynamic sets per-channel weights for the whole model only, not per op"
         if scheme == "float16":
             return "float16 weights have no scales"
         return None
@@ -145,7 +154,9 @@ class Int16Activations(Action):
         return f"int16 activations (16x8) for {_ops_text(self.ops, None)}"
 
     def unsupported(self, backend: Backend, scheme: str) -> str | None:
-        if scheme not in STATIC_SCHEMES:
+        if scheme == "ort-qdq-a16w8":
+            return "the scheme's activations are 16-bit already"
+        if scheme not in CALIBRATED_SCHEMES:
             return f"scheme {scheme} has float activations already"
         if backend == Backend.CONVERTER:
             return "mlir_quantize sets the activation type for the whole model only, not per op"
@@ -175,7 +186,33 @@ class CalibrationRange(Action):
         return f"{method} calibration range for {short_name(self.tensor)}"
 
     def unsupported(self, backend: Backend, scheme: str) -> str | None:
-        if scheme not in STATIC_SCHEMES:
+        if scheme not in CALIBRATED_SCHEMES:
+            return f"scheme {scheme} has no calibrated activation ranges"
+        return None
+
+
+@_register
+@dataclass(frozen=True)
+class CalibrationMethod(Action):
+    """Calibrate every activation range of the model with another of ONNX Runtime's methods (minmax is the default)."""
+
+    kind: ClassVar[str] = "calibration_method"
+    method: str = "percentile"
+
+    def __post_init__(self) -> None:
+        if self.method not in ("minmax", "entropy", "percentile"):
+            raise UserInputError(f"calibration method must be minmax, entropy or percentile, got {self.method!r}")
+
+    def targets(self) -> tuple[str, ...]:
+        return ()
+
+    def describe(self) -> str:
+        return f"{self.method} calibration of every activation range"
+
+    def unsupported(self, backend: Backend, scheme: str) -> str | None:
+        if backend != Backend.ORT:
+            return "the TFLite quantizers calibrate min-max ranges; choose ranges per tensor (calibration_range)"
+        if scheme not in ORT_STATIC_SCHEMES:
             return f"scheme {scheme} has no calibrated activation ranges"
         return None
 
@@ -221,6 +258,8 @@ class KernelWorkaround(Action):
         return f"kernel workaround: repeat the per-tensor weight scale per channel for {_ops_text(self.ops, self.op_type)}"
 
     def unsupported(self, backend: Backend, scheme: str) -> str | None:
+        if backend == Backend.ORT:
+            return "the workaround targets a LiteRT kernel; ONNX Runtime does not run it"
         if scheme not in DYNAMIC_SCHEMES:
             return "the workaround targets hybrid (dynamic-range) kernels; integer kernels also tie bias scales to it"
         return None

@@ -40,12 +40,13 @@ def repair(
     """Find the fewest actions that bring the quantized model within `max_drop` points of the float model on `metric`.
 
     Args:
-        model: the float model (.keras, .h5, SavedModel folder or float .tflite).
+        model: the float model (.keras, .h5, SavedModel folder, float .tflite or float .onnx).
         data: evaluation (and, for calibrating schemes, calibration) data, as for `diagnose`.
-        scheme: the scheme to repair; or give `quantized`, a model made elsewhere (its scheme is read from the file).
+        scheme: the scheme to repair (an ort-* scheme for an .onnx model); or give `quantized`, a model made elsewhere
+            (.tflite, or .onnx for an ONNX model; its scheme is read from the file).
         max_drop: allowed drop in points (1.0 = one percentage point) of `metric` against the float model.
         metric: "agreement" (top-1 agreement with float), "top1" or "topk" (accuracy on labels).
-        out: folder for repaired.tflite, recipe.json and repair.json (written atomically).
+        out: folder for repaired.tflite (repaired.onnx), recipe.json and repair.json (written atomically).
         rank_size: samples of the evaluation set the search ranks candidates on.
         search: a `repair.search.SearchConfig` (its max_drop is replaced by `max_drop`).
 
@@ -58,6 +59,7 @@ def repair(
     from dataclasses import replace
 
     from quantdoctor.backends.keras.loader import detect_source, load_keras_model
+    from quantdoctor.backends.runtimes import RUNTIMES
     from quantdoctor.repair.build import Builder
     from quantdoctor.repair.evaluate import Evaluator
     from quantdoctor.repair.recipe import Recipe, file_sha256, sha256
@@ -68,24 +70,24 @@ def repair(
         raise UserInputError(f"--max-drop must be 0 or more points, got {max_drop}")
     if (scheme is None) == (quantized is None):
         raise UserInputError("give exactly one of --scheme and --quantized")
+    source = detect_source(Path(model))
+    if source.kind == "torch":
+        raise UserInputError("repair takes Keras, SavedModel, .tflite and .onnx models; export the PyTorch program to "
+                             "ONNX first (diagnose takes .pt2 programs)")
+    runtime = "onnx" if source.kind == "onnx" else "tflite"
     given = None
     if quantized is not None:
-        from quantdoctor.backends.tflite.runner import read_tflite
-
-        given = read_tflite(quantized)
-        scheme = infer_scheme(given)
-    source = detect_source(Path(model))
-    if source.kind == "onnx":
-        raise UserInputError("repair takes Keras, SavedModel and .tflite models; ONNX repair is not built yet "
-                             "(diagnose and compare take .onnx models)")
+        given, scheme = _read_quantized(quantized, runtime)
+    _check_scheme(scheme, runtime)
     keras_model = load_keras_model(source.path) if source.kind == "keras" else None
     dataset = _dataset(data, source, keras_model, preprocess, resize)
     eval_ds, calib_ds = _split(dataset, scheme, calib, calib_count, preprocess, resize)
     if max_samples is not None and len(eval_ds) > max_samples:
         eval_ds = eval_ds.subset(np.arange(max_samples))
     builder = Builder.prepare(keras_model if keras_model is not None else source, scheme, calib_ds)
-    evaluator = Evaluator(builder.float_model, eval_ds, metric, batch_size=batch_size, top_k=top_k, rank_size=rank_size)
-    diagnose_fn = _diagnoser(builder.float_model, eval_ds, evaluator, batch_size)
+    evaluator = Evaluator(builder.float_model, eval_ds, metric, batch_size=batch_size, top_k=top_k, rank_size=rank_size,
+                          runtime=runtime)
+    diagnose_fn = _diagnoser(builder.float_model, eval_ds, evaluator, batch_size, RUNTIMES.get(runtime).suffix)
     cfg = replace(search or SearchConfig(), max_drop=max_drop)
 
     note = ""
@@ -124,12 +126,51 @@ def repair(
     if out is not None:
         ranges = builder.final_ranges(actions) if builder.ranges else None
         recipe = Recipe(scheme, builder.backend.value, tuple(actions), file_sha256(source.path), sha256(repaired), ranges)
-        write_repair(result, recipe, Path(out))
+        write_repair(result, recipe, Path(out), model_name(runtime))
     return result
 
 
+def model_name(runtime: str) -> str:
+    """The file name of the repaired model: repaired.tflite, or repaired.onnx for an ONNX model."""
+    return MODEL_NAME if runtime == "tflite" else "repaired" + _suffix(runtime)
+
+
+def _suffix(runtime: str) -> str:
+    from quantdoctor.backends.runtimes import RUNTIMES
+
+    return RUNTIMES.get(runtime).suffix
+
+
+def _read_quantized(path: str | Path, runtime: str) -> tuple[bytes, str]:
+    """(bytes, scheme) of a quantized model made elsewhere, for a float model of `runtime`."""
+    if runtime == "onnx":
+        from quantdoctor.backends.onnx.runner import OnnxRunner, read_onnx
+        from quantdoctor.repair.build_onnx import infer_ort_scheme
+
+        if Path(path).suffix.lower() != ".onnx":
+            raise UserInputError(f"--quantized {path}: the float model is an ONNX model; give a quantized .onnx")
+        data = read_onnx(path)
+        return data, infer_ort_scheme(OnnxRunner(data, 1).model)
+    from quantdoctor.backends.tflite.runner import read_tflite
+
+    data = read_tflite(path)
+    return data, infer_scheme(data)
+
+
+def _check_scheme(scheme: str, runtime: str) -> None:
+    """The scheme must quantize the model's runtime (checked before any heavy work)."""
+    from quantdoctor.quantize.schemes import runtime_of_scheme
+
+    wanted = runtime_of_scheme(scheme)
+    if wanted != runtime:
+        hint = "an ort-* scheme" if runtime == "onnx" else "a TFLite scheme (int8, dynamic, ...)"
+        raise UserInputError(f"scheme '{scheme}' quantizes {wanted.upper()} models but the model is a "
+                             f"{runtime.upper()} model; use {hint} (see `quantdoctor schemes`)")
+
+
 def infer_scheme(model: bytes) -> str:
-    """The scheme a quantized .tflite was most likely made with, from its tensor types and weight scales."""
+    """The scheme a quantized .tflite was most likely made with, from its tensor types and weight scales (for a
+    quantized .onnx: `repair.build_onnx.infer_ort_scheme`)."""
     from quantdoctor.backends.tflite.runner import TfliteRunner
 
     g = TfliteRunner(model, 1).graph
@@ -149,15 +190,15 @@ def infer_scheme(model: bytes) -> str:
     raise UserInputError("the --quantized model holds no quantized tensors; give a quantized .tflite")
 
 
-def write_repair(result: RepairResult, recipe: Any, out: Path) -> dict[str, Path]:
-    """Write repaired.tflite, recipe.json, repair.json and repair.html into `out`, each atomically."""
+def write_repair(result: RepairResult, recipe: Any, out: Path, model_file: str = MODEL_NAME) -> dict[str, Path]:
+    """Write repaired.tflite (`model_file`), recipe.json, repair.json and repair.html into `out`, each atomically."""
     from quantdoctor.files import atomic_write_bytes
 
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
     html = result.to_html()  # rendered before anything is written: a failing figure leaves no partial output
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"model": out / MODEL_NAME, "recipe": out / RECIPE_NAME, "result": out / RESULT_NAME,
+    paths = {"model": out / model_file, "recipe": out / RECIPE_NAME, "result": out / RESULT_NAME,
              "html": out / HTML_NAME}
     atomic_write_bytes(paths["model"], result.model)
     atomic_write_bytes(paths["recipe"], (recipe.to_json() + "\n").encode())
@@ -173,6 +214,10 @@ def _dataset(data: Any, source: Any, keras_model: Any, preprocess: str, resize: 
         return data
     if keras_model is not None:
         shape = tuple(int(s) for s in keras_model.input_shape[1:])
+    elif source.kind == "onnx":
+        from quantdoctor.backends.onnx.runner import OnnxRunner, read_onnx
+
+        shape = OnnxRunner(read_onnx(source.path), 1).inputs()[0].shape
     else:
         from quantdoctor.backends.tflite.runner import TfliteRunner
         from quantdoctor.quantize.converter import convert
@@ -183,9 +228,9 @@ def _dataset(data: Any, source: Any, keras_model: Any, preprocess: str, resize: 
 
 def _split(dataset: Any, scheme: str, calib: Any, calib_count: int, preprocess: str, resize: str):
     from quantdoctor.data import load_dataset, split_calibration
-    from quantdoctor.quantize.schemes import SCHEMES
+    from quantdoctor.quantize.schemes import needs_calibration
 
-    if not SCHEMES.get(scheme).needs_calibration:
+    if not needs_calibration(scheme):
         return dataset, None
     if calib is not None:
         return dataset, load_dataset(calib, dataset.input_shape, preprocess=preprocess, resize=resize)
@@ -195,16 +240,16 @@ def _split(dataset: Any, scheme: str, calib: Any, calib_count: int, preprocess: 
     return dataset.subset(eval_idx), dataset.subset(calib_idx)
 
 
-def _diagnoser(float_model: bytes, eval_ds: Any, evaluator: Any, batch_size: int):
+def _diagnoser(float_model: bytes, eval_ds: Any, evaluator: Any, batch_size: int, suffix: str = ".tflite"):
     """diagnose() of a candidate on the ranking subset (counted as one quantized evaluation)."""
     from quantdoctor.diagnose.pipeline import diagnose
 
     folder = tempfile.mkdtemp(prefix="quantdoctor-repair-")
-    float_path = os.path.join(folder, "float.tflite")
+    float_path = os.path.join(folder, "float" + suffix)
     Path(float_path).write_bytes(float_model)
 
     def run(model: bytes):
-        q_path = os.path.join(folder, "candidate.tflite")
+        q_path = os.path.join(folder, "candidate" + suffix)
         Path(q_path).write_bytes(model)
         subset = eval_ds.subset(np.arange(min(evaluator.rank_size, len(eval_ds))))
         evaluator.count += 1

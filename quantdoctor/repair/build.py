@@ -1,6 +1,6 @@
-"""Build a quantized .tflite from the float model, a scheme and a list of repair actions, with the real quantizers.
+"""Build a quantized model from the float model, a scheme and a list of repair actions, with the real quantizers.
 
-Two backends, chosen by the scheme and the kind of float model:
+Three backends, chosen by the scheme and the kind of float model:
 
 - converter (Keras/SavedModel + int8, int8-io, int8-per-tensor): the TFLite converter calibrates once
   (`_experimental_calibrate_only`); every build writes the activation ranges into that calibrated model and calls
@@ -11,6 +11,8 @@ Two backends, chosen by the scheme and the kind of float model:
   Static schemes are calibrated once and the calibration result is reused (and edited for range actions).
   With no action, `dynamic-per-tensor` gives the same collapse as the converter's model (measured on EfficientNet-Lite0:
   top-1 agreement 0.00 both; the logits differ, because the defective kernel reads memory past the stored scale).
+- onnxruntime (any ort-* scheme on a float .onnx): `repair.build_onnx.OrtBuilder`, ORT's quantizer with
+  `nodes_to_exclude` and `TensorQuantOverrides`, handed the ranges its calibrator recorded once.
 
 The kernel workaround is a flatbuffer edit of the built model's weight parameters (`repair.flatbuffer`).
 Builds are cached by action list, so the search never builds the same model twice.
@@ -32,6 +34,7 @@ from quantdoctor.repair.actions import (
     STATIC_SCHEMES,
     Action,
     Backend,
+    CalibrationMethod,
     CalibrationRange,
     Int16Activations,
     KeepFloat,
@@ -74,9 +77,16 @@ class Builder:
         self.calibration = calibration
         self._cache: dict[tuple, bytes] = {}
         self._range_cache: dict[CalibrationRange, tuple[float, float]] = {}
-        self.ops = op_names(self.float_model)  # (type, output name) in execution order
+        self.ops = self._op_names()  # (type, output name) in execution order
         self.builds = 0
         self.build_seconds = 0.0
+
+    def _op_names(self) -> list[tuple[str, str]]:
+        return op_names(self.float_model)
+
+    def quantized_activations(self, model: bytes) -> set[str] | None:
+        """Activations with an integer grid in `model` when its graph does not carry them per layer (None: it does)."""
+        return None
 
     # -- construction ------------------------------------------------------------------------------------------------
     @classmethod
@@ -88,8 +98,14 @@ class Builder:
         from quantdoctor.quantize.converter import calibration_from, convert
         from quantdoctor.quantize.schemes import SCHEMES
 
-        spec = SCHEMES.get(scheme)
         kind = getattr(source, "kind", "keras")
+        if kind == "onnx":
+            from quantdoctor.backends.onnx.runner import OnnxRunner, read_onnx
+            from quantdoctor.repair.build_onnx import OrtBuilder
+
+            model = float_tflite if float_tflite is not None else OnnxRunner(read_onnx(source.path), 1).model
+            return OrtBuilder.prepare_onnx(model, scheme, calib_ds)
+        spec = SCHEMES.get(scheme)
         backend = choose_backend(scheme, kind)
         calibration = calibration_from(calib_ds)
         if spec.needs_calibration and calib_ds is None:
@@ -134,15 +150,13 @@ class Builder:
         if key in self._cache:
             return self._cache[key]
         for a in actions:
-            reason = self.unsupported(a) if ranges is None or not isinstance(a, CalibrationRange) else None
+            stored = ranges is not None and isinstance(a, (CalibrationRange, CalibrationMethod))  # ranges given: no data
+            reason = None if stored else self.unsupported(a)
             if reason:
                 raise UserInputError(f"cannot apply '{a.describe()}' with the {self.backend.value} backend: {reason}")
         start = time.perf_counter()
         final_ranges = ranges if ranges is not None else self.final_ranges(actions)
-        if self.backend == Backend.CONVERTER:
-            model = self._build_converter(actions, final_ranges)
-        else:
-            model = self._build_aeq(actions, final_ranges)
+        model = self._quantize(actions, final_ranges)
         for a in actions:
             if isinstance(a, KernelWorkaround):
                 model, _ = repeat_weight_scale(model, set(a.ops), a.op_type)
@@ -173,6 +187,12 @@ class Builder:
                 hist.update(runner.capture(x, [index])[index])
             self._range_cache[action] = choose_range(hist, action.method, action.percentile)
         return self._range_cache[action]
+
+    def _quantize(self, actions: Sequence[Action], ranges: Ranges) -> bytes:
+        """The backend's quantized model for `actions` with activation ranges `ranges` (the kernel workaround aside)."""
+        if self.backend == Backend.CONVERTER:
+            return self._build_converter(actions, ranges)
+        return self._build_aeq(actions, ranges)
 
     def _build_converter(self, actions: Sequence[Action], ranges: Ranges) -> bytes:
         from quantdoctor.quantize.converter import requantize

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from quantdoctor.repair.actions import (
+    CALIBRATED_SCHEMES,
     DYNAMIC_SCHEMES,
-    STATIC_SCHEMES,
+    ORT_STATIC_SCHEMES,
     Action,
+    CalibrationMethod,
     CalibrationRange,
     Int16Activations,
     KeepFloat,
@@ -30,16 +32,21 @@ from quantdoctor.repair.actions import (
     RangeMethod,
 )
 
-WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D")
+WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D",  # TFLite
+            "Conv", "ConvTranspose", "Gemm", "MatMul")  # ONNX
 DEFECT_RATIO = 10.0  # observed / expected noise power above which an op's error counts as a defect
 FINDING_BONUS = {"critical": 4.0, "warning": 2.0, "info": 1.0}
 # How much a kind of action is preferred at equal proxy: the least invasive first, keeping an op float last.
 PREFERENCE = {
     KernelWorkaround: 1.0, PerChannel: 0.9, CalibrationRange: 0.85, Int16Activations: 0.6, KeepFloat: 0.5,
+    CalibrationMethod: 0.2,  # every range of the model at once: after the targeted changes
 }
 VERIFIED_BONUS = 10.0  # a finding whose counterfactual recovered the loss outranks every proxy-ranked candidate...
 REFUTED_FACTOR = 0.25  # ...and one whose counterfactual was measured and did not recover it falls behind
-DECISION_SCHEMES = frozenset({"int8", "int8-io", "int8-per-tensor"})  # 8-bit integer outputs (decision_range's grid)
+# 8-bit integer outputs (decision_range's grid; ORT's QDQ output pair has the same 256 levels)
+DECISION_SCHEMES = frozenset({"int8", "int8-io", "int8-per-tensor", "ort-qdq-int8", "ort-qdq-int8-per-tensor",
+                              "ort-qdq-uint8"})
+SIXTEEN_BIT_SCHEMES = frozenset({"int16x8", "ort-qdq-a16w8"})
 DECISION_PREFERENCE = 1.05  # just above the output's other range candidates: the decision range targets the metric
 
 
@@ -79,16 +86,22 @@ def _per_tensor_int8(layer: Any) -> bool:
     return w is not None and w.storage == "int8" and w.quant is not None and len(w.quant.scales) == 1
 
 
-def _layer_actions(layer: Any, op: str, scheme: str) -> list[Action]:
+def _quantized(layer: Any, op: str, quantized: set[str] | None) -> bool:
+    """Whether the layer's output has a calibrated integer grid: TFLite layers carry its parameters; in an ONNX QDQ
+    graph the tensor stays float and the builder says which tensors a QuantizeLinear reads (`quantized`)."""
+    return layer.quant is not None or (quantized is not None and op in quantized)
+
+
+def _layer_actions(layer: Any, op: str, scheme: str, quantized: set[str] | None = None) -> list[Action]:
     actions: list[Action] = []
     if layer.op_type in WEIGHTED and _per_tensor_int8(layer):
         if scheme in DYNAMIC_SCHEMES and layer.op_type == "DEPTHWISE_CONV_2D":
             actions.append(KernelWorkaround(ops=(op,)))
         actions.append(PerChannel(ops=(op,)))
-    if scheme in STATIC_SCHEMES and layer.quant is not None:
+    if scheme in CALIBRATED_SCHEMES and _quantized(layer, op, quantized):
         actions.append(CalibrationRange(tensor=op, method=RangeMethod.MSE.value))
         actions.append(CalibrationRange(tensor=op, method=RangeMethod.PERCENTILE.value, percentile=99.99))
-        if scheme != "int16x8":
+        if scheme not in SIXTEEN_BIT_SCHEMES:
             actions.append(Int16Activations(ops=(op,)))
     if layer.op_type not in ("QUANTIZE", "DEQUANTIZE"):
         actions.append(KeepFloat(ops=(op,)))
@@ -105,7 +118,8 @@ def _group_actions(op_type: str, ops: tuple[str, ...], scheme: str) -> list[Acti
     return actions
 
 
-def rank_candidates(diagnosis: Any, scheme: str, op_names: set[str], max_layers: int = 6) -> list[Candidate]:
+def rank_candidates(diagnosis: Any, scheme: str, op_names: set[str], max_layers: int = 6,
+                    quantized: set[str] | None = None) -> list[Candidate]:
     """Candidate actions for the layers the diagnosis blames most, best first.
 
     Args:
@@ -113,6 +127,7 @@ def rank_candidates(diagnosis: Any, scheme: str, op_names: set[str], max_layers:
         scheme: the scheme being repaired.
         op_names: op output names the builder knows (a layer whose name is not among them cannot be targeted).
         max_layers: per-layer candidates for this many layers.
+        quantized: activations with an integer grid in the current model, when the layers do not say (ONNX QDQ).
     """
     scored: list[tuple[float, str, Any, str]] = []
     by_position = {}
@@ -159,9 +174,9 @@ def rank_candidates(diagnosis: Any, scheme: str, op_names: set[str], max_layers:
                 coarse = tuple(op for op, layer in members if layer.op_type in WEIGHTED and _per_tensor_int8(layer))
                 acts = ([PerChannel(ops=coarse)] if coarse else []) + [KeepFloat(ops=tuple(op for op, _ in members))]
         else:
-            acts = _layer_actions(members[0][1], members[0][0], scheme)
+            acts = _layer_actions(members[0][1], members[0][0], scheme, quantized)
             if getattr(finding, "mechanism", "") == "output_margins" and scheme in DECISION_SCHEMES \
-                    and members[0][1].quant is not None:
+                    and _quantized(members[0][1], members[0][0], quantized):
                 decision = CalibrationRange(tensor=members[0][0], method=RangeMethod.DECISION.value)
                 proxy = bonus * (share + 0.01) * PREFERENCE[CalibrationRange] * DECISION_PREFERENCE
                 out.append(Candidate(decision, proxy, reason + ": output range by the top-k decisions"))
@@ -185,7 +200,7 @@ def rank_candidates(diagnosis: Any, scheme: str, op_names: set[str], max_layers:
 
     scored.sort(key=lambda s: -s[0])
     for score, op, layer, why in scored[:max_layers]:
-        for a in _layer_actions(layer, op, scheme):
+        for a in _layer_actions(layer, op, scheme, quantized):
             out.append(Candidate(a, score / total * PREFERENCE[type(a)], f"{why} ({100 * score / total:.0f}% of the error)"))
 
     if scored:
@@ -196,6 +211,13 @@ def rank_candidates(diagnosis: Any, scheme: str, op_names: set[str], max_layers:
             for a in _group_actions(worst.op_type, same, scheme)[:-1]:  # no keep-float of a whole op type here
                 why = f"{worst.op_type} holds the worst layer; {len(same)} ops run the same kernel"
                 out.append(Candidate(a, max(share, worst_score / total) * PREFERENCE[type(a)] * 1.01, why))
+
+    if scheme in ORT_STATIC_SCHEMES and scored:
+        # ORT's other calibration methods move every range at once: tried after the targeted changes.
+        share = sum(s for s, op, layer, _ in scored if _quantized(layer, op, quantized)) / total
+        for method in ("percentile", "entropy"):
+            out.append(Candidate(CalibrationMethod(method), share * PREFERENCE[CalibrationMethod],
+                                 f"{method} calibration ({100 * share:.0f}% of the error is in calibrated activations)"))
     return _dedupe(out)
 
 

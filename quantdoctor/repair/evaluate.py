@@ -1,8 +1,11 @@
-"""Evaluate a candidate quantized model with the real interpreter against the float model's outputs.
+"""Evaluate a candidate quantized model with the real runtime against the float model's outputs.
 
 The float outputs are computed once; every evaluation is one quantized pass over a set of samples (the ranking subset
-or the whole evaluation set), counted, timed and turned into the budget metric. The builtin LiteRT kernels run, as in
-`diagnose` (XNNPACK would hide the kernels whose numerics the diagnosis measured).
+or the whole evaluation set), counted, timed and turned into the budget metric. The runtime's runner from
+`backends.runtimes.RUNTIMES` runs the model: for ONNX the `OnnxRunner` (ONNX Runtime, graph optimizations off, as in
+`diagnose`); for TFLite a lean interpreter with the builtin LiteRT kernels, as in `diagnose` (XNNPACK would hide the
+kernels whose numerics the diagnosis measured), that keeps no intermediate tensor (the runtime's `TfliteRunner` keeps
+them all for capture, which a whole-model pass does not need).
 """
 
 from __future__ import annotations
@@ -86,25 +89,43 @@ class _Interp:
         return y.reshape(n, -1)
 
 
+class _Whole:
+    """A runtime's runner (`RUNTIMES`) for whole-model passes: the first output, one row per sample."""
+
+    def __init__(self, runtime: str, model: bytes, batch_size: int) -> None:
+        from quantdoctor.backends.runtimes import RUNTIMES
+
+        self.runner = RUNTIMES.get(runtime).runner(model, batch_size)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.runner.run(x), np.float32).reshape(len(x), -1)
+
+
+def runner_for(runtime: str, model: bytes, batch_size: int):
+    """What runs a whole candidate model: the lean LiteRT interpreter for TFLite, else the runtime's runner."""
+    return _Interp(model, batch_size) if runtime == "tflite" else _Whole(runtime, model, batch_size)
+
+
 class Evaluator:
     """Counts and runs quantized passes against cached float outputs.
 
     Args:
-        float_model: the float .tflite reference.
+        float_model: the float model reference (.tflite or, with runtime "onnx", .onnx bytes).
         dataset: the evaluation set (a `quantdoctor.data.Dataset`).
         metric: a name in `METRICS`.
         rank_size: samples in the ranking subset (the first ones of the evaluation set).
+        runtime: a name in `backends.runtimes.RUNTIMES`.
     """
 
     def __init__(self, float_model: bytes, dataset, metric: str = "agreement", *, batch_size: int = 16,
-                 top_k: int = 3, rank_size: int = 32) -> None:
+                 top_k: int = 3, rank_size: int = 32, runtime: str = "tflite") -> None:
         self.metric = METRICS.get(metric)
         if self.metric.needs_labels and (dataset.labels is None or not (dataset.labels >= 0).any()):
             raise UserInputError(f"metric '{metric}' needs labelled data; give labels or use --metric agreement")
         if len(dataset) == 0:
             raise DataError("no samples to evaluate on; give more data or a smaller --calib-count")
-        self.dataset, self.batch_size, self.top_k = dataset, batch_size, top_k
-        runner = _Interp(float_model, batch_size)
+        self.dataset, self.batch_size, self.top_k, self.runtime = dataset, batch_size, top_k, runtime
+        runner = runner_for(runtime, float_model, batch_size)
         self.x_batches = [(x, idx) for x, idx in dataset.batches(batch_size)]  # preprocessed once, reused every pass
         self.float_out = np.concatenate([runner.run(x) for x, _ in self.x_batches])
         self.num_classes = self.float_out.shape[1]
@@ -115,7 +136,7 @@ class Evaluator:
     def evaluate(self, model: bytes, full: bool = False) -> Evaluation:
         """One quantized pass over the ranking subset (or the whole evaluation set when `full`)."""
         start = time.perf_counter()
-        runner = _Interp(model, self.batch_size)
+        runner = runner_for(self.runtime, model, self.batch_size)
         acc = ClassificationAccumulator(self.num_classes, self.top_k)
         labels = self.dataset.labels
         limit = len(self.dataset) if full else self.rank_size
@@ -142,6 +163,11 @@ def model_stats(model: bytes) -> tuple[int, int]:
     """(size in bytes, ops computed entirely in float: no integer tensor among their inputs and outputs)."""
     from quantdoctor.backends.tflite.extract import _opcode_name, _schema
     from quantdoctor.repair.flatbuffer import _unpack
+
+    if bytes(model[4:8]) != b"TFL3":
+        from quantdoctor.repair.build_onnx import model_stats as onnx_stats
+
+        return onnx_stats(model)
 
     m = _unpack(model)
     sg = m.subgraphs[0]

@@ -1,9 +1,11 @@
-"""A repair recipe: everything needed to rebuild the repaired .tflite from the same float model, without the data.
+"""A repair recipe: everything needed to rebuild the repaired model from the same float model, without the data.
 
-The recipe stores the scheme, the backend, the actions and — for static schemes — every activation range the repaired
-model was quantized with, so `apply_recipe` needs neither the calibration data nor a search: it calibrates the float
+The recipe stores the scheme, the backend (which also names the runtime: converter and ai-edge-quantizer build .tflite,
+onnxruntime builds .onnx), the actions and — for static schemes — every activation range the repaired model was
+quantized with, so `apply_recipe` needs neither the calibration data nor a search. TFLite: it calibrates the float
 model once on a dummy sample only to get the calibrated graph, overwrites every range with the stored ones, and builds
-with the same quantizer and the same actions (same bytes; a test checks it).
+with the same quantizer and the same actions. ONNX Runtime: its quantizer is handed the stored ranges in place of its
+calibrator's (`repair.build_onnx`). Same bytes either way; tests check both.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def sha256(data: bytes) -> str:
 
 
 def apply_recipe(recipe: Recipe | str | Path, model: str | Path) -> bytes:
-    """Rebuild the repaired .tflite from `model` (the float model the recipe was made from).
+    """Rebuild the repaired .tflite (.onnx) from `model` (the float model the recipe was made from).
 
     Raises:
         UserInputError: the model is not the one the recipe was made from, or the recipe is unreadable.
@@ -97,6 +99,15 @@ def apply_recipe(recipe: Recipe | str | Path, model: str | Path) -> bytes:
     digest = file_sha256(model)
     if recipe.float_model_sha256 and digest and digest != recipe.float_model_sha256:
         raise UserInputError(f"{model} is not the float model this recipe was made from (sha256 differs); give that model")
+    if (Backend(recipe.backend) == Backend.ORT) != (source.kind == "onnx"):
+        raise UserInputError(f"this recipe was made with the {recipe.backend} backend, which does not quantize "
+                             f"{source.kind} models; give the float model it was made from")
+    if source.kind == "onnx":
+        from quantdoctor.backends.onnx.runner import OnnxRunner, read_onnx
+        from quantdoctor.repair.build_onnx import OrtBuilder
+
+        builder = OrtBuilder(recipe.scheme, OnnxRunner(read_onnx(source.path), 1).model, recipe.ranges)
+        return builder.build(list(recipe.actions), ranges=recipe.ranges)
     target = load_keras_model(source.path) if source.kind == "keras" else source
     if Backend(recipe.backend) == Backend.CONVERTER:
         shape = tuple(int(d) for d in target.input_shape[1:]) if source.kind == "keras" else None

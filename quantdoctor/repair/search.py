@@ -86,7 +86,8 @@ class GreedySearch:
         stepped_back = False
         excluded: set[Action] = set()
         while len(self.state.actions) < self.cfg.max_steps and self.evaluator.count < self.cfg.max_evaluations:
-            ranked = [c for c in rank_candidates(diagnosis, self.builder.scheme, self.names)
+            quantized = self.builder.quantized_activations(self.builder.build(self.state.actions))
+            ranked = [c for c in rank_candidates(diagnosis, self.builder.scheme, self.names, quantized=quantized)
                       if c.action not in self.state.actions and c.action not in excluded and self._supported(c.action)]
             tried = self._try(ranked, current.value)
             better = [(c, e) for c, e in tried if e.value > current.value]
@@ -240,9 +241,14 @@ class GreedySearch:
 
 
 def _int8_weight_ops(model: bytes) -> list[tuple[str, str]]:
-    """(op type, output name) of the ops whose weight input is int8 in `model`."""
+    """(op type, output name) of the ops whose weight input is int8 in `model` (quantized, for an ONNX model)."""
     from quantdoctor.backends.tflite.extract import _opcode_name, _schema
     from quantdoctor.repair.flatbuffer import _name, _unpack
+
+    if bytes(model[4:8]) != b"TFL3":
+        from quantdoctor.repair.build_onnx import weighted_ops
+
+        return weighted_ops(model)
 
     m = _unpack(model)
     sg = m.subgraphs[0]

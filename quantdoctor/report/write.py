@@ -38,9 +38,14 @@ def write_outputs(diagnosis: Diagnosis, out_dir: str | os.PathLike[str]) -> dict
         written[key] = out / name
         atomic_write_text(written[key], text)
     for repro in diagnosis.repros:
-        from quantdoctor.backends.tflite.extract import write_repro
-
         folder = out / "repro" / f"op_{repro.op_index}_{repro.op_type.lower()}"
-        write_repro(repro.model, repro.op_index, list(repro.inputs), folder)
+        if repro.runtime == "onnx":  # the op with its QDQ neighbourhood: ORT's fused kernel vs onnx.reference
+            from quantdoctor.backends.onnx.reference import write_repro as write_onnx_repro
+
+            write_onnx_repro(repro.model, repro.op_index, list(repro.inputs), folder)
+        else:
+            from quantdoctor.backends.tflite.extract import write_repro
+
+            write_repro(repro.model, repro.op_index, list(repro.inputs), folder)
         written[f"repro:{repro.op_index}"] = folder
     return written

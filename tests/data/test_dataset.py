@@ -172,3 +172,20 @@ def test_user_files_are_never_modified(tmp_path: Path, npz) -> None:
         for batch, _ in dataset.batches(4):
             batch += 1.0
     assert [hashlib.sha256(f.read_bytes()).hexdigest() for f in files] == before
+
+
+def test_an_image_folder_feeds_a_channels_first_model_transposed(tmp_path: Path) -> None:
+    """ONNX / PyTorch models take (C, H, W): images are read as (H, W, C), preprocessed, then transposed."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rgb = np.zeros((8, 8, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 10, 20, 30
+    Image.fromarray(rgb).save(folder / "a.png")
+    ds = load_dataset(folder, (3, 8, 8), preprocess="scale01", resize="stretch")
+    assert ds.input_shape == (3, 8, 8) and ds.channels_first
+    (x, _), = list(ds.batches(4))
+    assert x.shape == (1, 3, 8, 8)
+    np.testing.assert_allclose(x[0, :, 0, 0], np.array([10, 20, 30]) / 255.0, rtol=1e-6)
+    assert ds.subset([0]).channels_first  # a subset keeps the layout
+    hwc = load_dataset(folder, (8, 8, 3), resize="stretch")
+    assert not hwc.channels_first and next(hwc.batches(1))[0].shape == (1, 8, 8, 3)

@@ -84,3 +84,53 @@ def test_cli_writes_a_valid_report_for_an_onnx_model(files, tmp_path, capsys):
     jsonschema.validate(report, json.loads(SCHEMA.read_text()))
     assert report["run"]["float_kind"] == "onnx" and report["findings"][0]["verified"] is True
     assert (out / "report.html").stat().st_size > 10_000
+
+
+def test_compare_across_runtimes_aligns_the_same_network_by_position(files, tmp_path):
+    """The perceptron as a Keras model under LiteRT int8 and as ONNX under ONNX Runtime: one network, two deployments."""
+    import keras
+
+    from quantdoctor import compare
+    from tests.onnx_models import trained_mlp
+
+    w1, b1, w2, b2 = trained_mlp()
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((1, 8, 8), name="image")
+    h = keras.layers.Dense(w1.shape[1], activation="relu", name="hidden")(keras.layers.Flatten(name="flat")(inp))
+    out = keras.layers.Dense(10, name="logits")(h)
+    model = keras.Model(inp, out)
+    model.get_layer("hidden").set_weights([w1, b1])
+    model.get_layer("logits").set_weights([w2, b2])
+    model.save(tmp_path / "mlp.keras")
+    c = compare(tmp_path / "mlp.keras", files / "mlp.onnx", files / "data.npz", scheme="int8",
+                scheme_b="ort-qdq-int8", calib_count=64)
+    assert c.a.run.float_kind == "keras" and c.b.run.float_kind == "onnx"
+    kinds = [(p.op_type, p.label_b) for p in c.layers]
+    assert kinds[-2:] == [("FULLY_CONNECTED/Gemm", "hidden_relu"), ("FULLY_CONNECTED/Gemm", "logits")]
+    assert all(p.method.value in ("label", "position") for p in c.layers)
+
+
+def test_a_fused_kernel_that_drifts_from_the_reference_is_a_kernel_defect(files, tmp_path, monkeypatch):
+    """Isolated = ORT's fused integer kernel, expected = onnx.reference on the same integers: on the real kernels they
+    agree (the healthy test above has no kernel_defect); a kernel made to drift by 5 output steps must be flagged."""
+    from quantdoctor.backends.onnx import reference
+    from quantdoctor.report.write import write_outputs
+
+    original = reference.OptimizedOpRunner._evaluate
+
+    def drifted(self, op, arrays):
+        out = original(self, op, arrays)
+        if self.graph.op(op).type != "Gemm":
+            return out
+        step = np.float32(self.neighbourhood(op).out_quant.scales[0])
+        return [o + 5 * step if o.dtype.kind == "f" else o + 5 for o in out]
+
+    monkeypatch.setattr(reference.OptimizedOpRunner, "_evaluate", drifted)
+    d = diagnose(files / "mlp.onnx", files / "data.npz", scheme="ort-qdq-int8", calib_count=64)
+    defects = [f for f in d.findings if f.mechanism == "kernel_defect"]
+    assert defects and set(defects[0].op_types) == {"Gemm"}
+    layer = next(l for l in d.layers if l.label == "hidden_relu")
+    assert layer.excess_db >= 10 and layer.expected.sqnr_db >= 30
+    written = write_outputs(d, tmp_path / "report")
+    repro = next(v for k, v in written.items() if k.startswith("repro:"))
+    assert (repro / "cut.onnx").is_file() and (repro / "README.txt").is_file()

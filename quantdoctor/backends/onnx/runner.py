@@ -169,6 +169,23 @@ class OnnxRunner:
             self._op_runner = OpRunner(self.model, num_threads=self._threads, graph=self.graph)
         return self._op_runner
 
+    def kernel_runner(self):
+        """QDQ ops with their (de)quantize neighbours, run with graph optimizations on: ORT's fused integer kernels
+        (QLinearConv, QGemm, ...), i.e. the numerics a deployed, optimized session computes."""
+        from quantdoctor.backends.onnx.reference import OptimizedOpRunner
+
+        if getattr(self, "_kernels", None) is None:
+            self._kernels = OptimizedOpRunner(self.model, self.graph, num_threads=self._threads)
+        return self._kernels
+
+    def reference_runner(self):
+        """The same QDQ cuts evaluated by ONNX's reference evaluator (`onnx.reference`): the standard's semantics."""
+        from quantdoctor.backends.onnx.reference import ReferenceOpRunner
+
+        if getattr(self, "_reference", None) is None:
+            self._reference = ReferenceOpRunner(self.model, self.graph)
+        return self._reference
+
     def constant(self, index: int) -> np.ndarray:
         """An initializer as stored (integers stay integers)."""
         from onnx import numpy_helper
