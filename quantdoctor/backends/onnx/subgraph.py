@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from quantdoctor.backends.base import Graph, QuantParams
+from quantdoctor.backends.splice import SpliceBase
 from quantdoctor.errors import DataError, UserInputError
 
 _INTEGER = ("int8", "uint8", "int16", "uint16", "int32")
@@ -284,94 +285,34 @@ class OpRunner:
         return self.run_outputs(op_index, float_inputs)[0]
 
 
-class Splice:
-    """The model run in segments, with the ops in `replaced` computed by the caller (see `backends/tflite/subgraph`).
+class Splice(SpliceBase):
+    """An ONNX model run in segments with the ops in `replaced` computed by the caller (see `SpliceBase`).
 
-    `compute(op, inputs)` gets the float values of a replaced op's activation inputs (in `plan(model, [op]).inputs`
-    order) and returns one float array per op output. Ops between replaced ones run as one cut each; a float value fed
-    into an integer tensor is quantized as the model would store it. A replaced op's output that only replaced ops read
-    stays float; one the model's own kernels read, or the model returns, is put on its tensor's grid (integer tensors
-    only: a QDQ op's float output stays float, its QuantizeLinear does the rounding). Ops that lead to no graph output
-    are dropped. Replacing nothing runs the whole model as one cut.
+    Only integer tensors have a grid: a QDQ op's float output stays float, its QuantizeLinear does the rounding. A model
+    with a fixed batch dim runs chunk by chunk, every step on the same samples as the runner's session (`compute` is
+    then called once per chunk).
     """
 
     def __init__(self, model: bytes, graph: Graph, replaced: Sequence[int], num_threads: int | None = None) -> None:
-        self.graph = graph
-        self.replaced = tuple(sorted({int(i) for i in replaced}))
-        unknown = set(self.replaced) - {op.index for op in graph.ops}
-        if unknown:
-            raise DataError(f"op(s) {sorted(unknown)} are not in the model")
-        data = bytes(model)
-        self.outputs = tuple(graph.outputs)
-        steps: list[tuple[str, Any]] = []
-        for i in _live_ops(graph):
-            if i in self.replaced:
-                steps.append(("op", i))
-            elif steps and steps[-1][0] == "cut":
-                steps[-1][1].append(i)
-            else:
-                steps.append(("cut", [i]))
-        reads_after: list[set[int]] = []
-        later = set(self.outputs)
-        for kind, what in reversed(steps):
-            reads_after.append(set(later))
-            ops = [what] if kind == "op" else what
-            later |= {t for o in ops for t in graph.op(o).inputs if t >= 0}
-        reads_after.reverse()
-        self.steps: list[tuple[str, Any, tuple[int, ...], tuple[int, ...]]] = []
-        for (kind, what), needed in zip(steps, reads_after, strict=True):
-            if kind == "op":
-                io = plan(data, [what])
-                self.steps.append(("op", what, io.inputs, tuple(t for t in graph.op(what).outputs if t >= 0)))
-                continue
-            produced = [t for o in what for t in graph.op(o).outputs if t >= 0]
-            outs = [t for t in dict.fromkeys(produced) if t in needed]
-            if outs:
-                sub = Subgraph(data, what, outputs=outs, num_threads=num_threads, graph=graph)
-                self.steps.append(("cut", sub, sub.inputs, sub.outputs))
-        self.inputs = tuple(t for t in graph.inputs if t in later)
-        self.batch = fixed_batch(data)
+        self._data, self._threads = bytes(model), num_threads
+        super().__init__(graph, replaced)
+        self.batch = fixed_batch(self._data)
+
+    def _cut(self, ops: list[int], outputs: list[int]) -> Subgraph:
+        return Subgraph(self._data, ops, outputs=outputs, num_threads=self._threads, graph=self.graph)
+
+    def _op_inputs(self, op: int) -> tuple[int, ...]:
+        return plan(self._data, [op]).inputs
 
     def run(self, x: np.ndarray, compute) -> list[np.ndarray]:
-        """Float32 graph outputs for the float batch `x` (`compute` as in the class docstring).
-
-        A model with a fixed batch dim runs chunk by chunk, every step on the same samples as the runner's session
-        (`compute` is then called once per chunk).
-        """
-        return in_chunks(lambda xs: self._run(xs[0], compute), [np.asarray(x, dtype=np.float32)], self.batch)
-
-    def _run(self, x: np.ndarray, compute) -> list[np.ndarray]:
-        values: dict[int, np.ndarray] = {t: np.asarray(x, dtype=np.float32) for t in self.graph.inputs}
-        for kind, what, ins, outs in self.steps:
-            args = [values[t] for t in ins]
-            results = what.run(args) if kind == "cut" else compute(what, args)
-            for t, v in zip(outs, results, strict=True):
-                values[t] = v if kind == "cut" or self._stays_float(t) else self._on_grid(t, v)
-        return [values[t] for t in self.outputs]
-
-    def _stays_float(self, t: int) -> bool:
-        consumers = self.graph.tensors[t].consumers
-        return bool(consumers) and t not in self.outputs and all(c in self.replaced for c in consumers)
+        return in_chunks(lambda xs: super(Splice, self).run(xs[0], compute), [np.asarray(x, dtype=np.float32)],
+                         self.batch)
 
     def _on_grid(self, t: int, value: np.ndarray) -> np.ndarray:
-        """A float value as this model's tensor `t` would hold it (quantized and back for integer tensors)."""
         info = self.graph.tensors[t]
         if info.quant is None or info.dtype not in _INTEGER:
             return np.asarray(value, dtype=np.float32)
         return from_tensor(to_tensor(np.asarray(value, dtype=np.float32), info.quant, np.dtype(info.dtype)), info.quant)
-
-
-def _live_ops(graph: Graph) -> list[int]:
-    """Ops (weight unpacks left out: `plan` adds them back) that lead to a graph output, in execution order."""
-    needed = set(graph.outputs)
-    live: list[int] = []
-    for op in reversed(graph.ops):
-        if graph.is_weight_dequantize(op):
-            continue
-        if any(t in needed for t in op.outputs):
-            live.append(op.index)
-            needed.update(t for t in op.inputs if t >= 0)
-    return live[::-1]
 
 
 _ORT_TYPES = {

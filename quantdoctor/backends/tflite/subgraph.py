@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from quantdoctor.backends.base import Graph
+from quantdoctor.backends.splice import SpliceBase
 from quantdoctor.backends.tflite.extract import ExtractedIO, extract_ops, plan, to_tensor_dtype
 from quantdoctor.backends.tflite.loader import load_interpreter
 from quantdoctor.errors import DataError
@@ -131,79 +132,20 @@ class OpRunner:
         return self.run_outputs(op_index, float_inputs)[0]
 
 
-class Splice:
-    """The model run in segments, with the ops in `replaced` computed by the caller instead of by this model.
-
-    This is the machinery of counterfactuals: `compute(op, inputs)` gets the float values of a replaced op's inputs as
-    this model computed them and returns its outputs, e.g. the float model's op on those inputs ("this op exact",
-    the keep-float fix without a rebuild) or a quantized op in a float model ("only this op quantized"). Ops between
-    replaced ones run as one cut each (`Subgraph`), with their own kernels; a float value fed into an integer tensor is
-    quantized as the model would store it. A replaced op's output that only replaced ops read stays float (as it
-    would between two ops kept in float); one that the model's own kernels read, or that the model returns, is stored
-    on its tensor's grid. Ops that lead to no graph output are dropped.
-
-    Replacing nothing runs the whole model as one cut.
-    """
+class Splice(SpliceBase):
+    """A .tflite model run in segments with the ops in `replaced` computed by the caller (see `SpliceBase`)."""
 
     def __init__(self, model: bytes, graph: Graph, replaced: Sequence[int], num_threads: int | None = None) -> None:
-        self.graph = graph
-        self.replaced = tuple(sorted({int(i) for i in replaced}))
-        unknown = set(self.replaced) - {op.index for op in graph.ops}
-        if unknown:
-            raise DataError(f"op(s) {sorted(unknown)} are not in the model")
-        data = bytes(model)
-        live = _live_ops(graph)
-        self.outputs = tuple(graph.outputs)
-        # Execution order split at the replaced ops: ("cut", ops) and ("op", index) steps.
-        steps: list[tuple[str, Any]] = []
-        for i in live:
-            if i in self.replaced:
-                steps.append(("op", i))
-            elif steps and steps[-1][0] == "cut":
-                steps[-1][1].append(i)
-            else:
-                steps.append(("cut", [i]))
-        reads_after: list[set[int]] = []  # tensors read by later steps or returned
-        later = set(self.outputs)
-        for kind, what in reversed(steps):
-            reads_after.append(set(later))
-            ops = [what] if kind == "op" else what
-            later |= {t for o in ops for t in graph.op(o).inputs if t >= 0}
-        reads_after.reverse()
-        self.steps: list[tuple[str, Any, tuple[int, ...], tuple[int, ...]]] = []
-        for (kind, what), needed in zip(steps, reads_after):
-            if kind == "op":
-                io = plan(data, [what])
-                self.steps.append(("op", what, io.inputs, tuple(t for t in graph.op(what).outputs if t >= 0)))
-                continue
-            produced = [t for o in what for t in graph.op(o).outputs if t >= 0]
-            outs = [t for t in dict.fromkeys(produced) if t in needed]
-            if outs:
-                sub = Subgraph(data, what, outputs=outs, num_threads=num_threads)
-                self.steps.append(("cut", sub, sub.inputs, sub.outputs))
-        self.inputs = tuple(t for t in graph.inputs if t in later)
+        self._data, self._threads = bytes(model), num_threads
+        super().__init__(graph, replaced)
 
-    def run(self, x: np.ndarray, compute) -> list[np.ndarray]:
-        """Float32 graph outputs for the float batch `x`.
+    def _cut(self, ops: list[int], outputs: list[int]) -> Subgraph:
+        return Subgraph(self._data, ops, outputs=outputs, num_threads=self._threads)
 
-        Args:
-            compute: `compute(op_index, inputs) -> outputs` for each replaced op: `inputs` are the float values of the
-                op's activation inputs in `plan(model, [op]).inputs` order, `outputs` one float array per op output.
-        """
-        values: dict[int, np.ndarray] = {t: x for t in self.graph.inputs}
-        for kind, what, ins, outs in self.steps:
-            args = [values[t] for t in ins]
-            results = what.run(args) if kind == "cut" else compute(what, args)
-            for t, v in zip(outs, results, strict=True):
-                values[t] = v if kind == "cut" or self._stays_float(t) else self._on_grid(t, v)
-        return [values[t] for t in self.outputs]
-
-    def _stays_float(self, t: int) -> bool:
-        consumers = self.graph.tensors[t].consumers
-        return bool(consumers) and t not in self.outputs and all(c in self.replaced for c in consumers)
+    def _op_inputs(self, op: int) -> tuple[int, ...]:
+        return plan(self._data, [op]).inputs
 
     def _on_grid(self, t: int, value: np.ndarray) -> np.ndarray:
-        """A float value as this model's tensor `t` would hold it (quantized and back for integer tensors)."""
         info = self.graph.tensors[t]
         q = info.quant
         if q is None or info.dtype not in ("int8", "uint8", "int16"):
@@ -211,19 +153,6 @@ class Splice:
         scales, zps = np.asarray(q.scales), np.asarray(q.zero_points)
         stored = to_tensor_dtype(np.asarray(value, dtype=np.float32), np.dtype(info.dtype), scales, zps, q.axis or 0)
         return dequantize(stored, scales, zps, q.axis or 0)
-
-
-def _live_ops(graph: Graph) -> list[int]:
-    """Ops (weight unpacks left out: `plan` adds them back) that lead to a graph output, in execution order."""
-    needed = set(graph.outputs)
-    live: list[int] = []
-    for op in reversed(graph.ops):
-        if graph.is_weight_dequantize(op):
-            continue
-        if any(t in needed for t in op.outputs):
-            live.append(op.index)
-            needed.update(t for t in op.inputs if t >= 0)
-    return live[::-1]
 
 
 def _detail_params(detail: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
