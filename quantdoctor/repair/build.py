@@ -39,7 +39,6 @@ from quantdoctor.repair.actions import (
     Int16Activations,
     KeepFloat,
     KernelWorkaround,
-    RangeMethod,
     PerChannel,
     WeightGranularity,
 )
@@ -177,15 +176,10 @@ class Builder:
         """The range `action` chooses, from a histogram of the float activation over the calibration set."""
         if action not in self._range_cache:
             from quantdoctor.backends.tflite.runner import TfliteRunner
-            from quantdoctor.repair.ranges import RangeHistogram, choose_range
+            from quantdoctor.repair.ranges import activation_range
 
             runner = TfliteRunner(self.float_model, 16)
-            index = next(i for i, t in runner.graph.tensors.items() if t.name == action.tensor)
-            lo, hi = self.ranges[action.tensor]
-            hist = RangeHistogram(lo, hi, keep_tops=action.method == RangeMethod.DECISION.value)
-            for x, _ in self.calibration.batches(16):
-                hist.update(runner.capture(x, [index])[index])
-            self._range_cache[action] = choose_range(hist, action.method, action.percentile)
+            self._range_cache[action] = activation_range(runner, action, self.ranges[action.tensor], self.calibration)
         return self._range_cache[action]
 
     def _quantize(self, actions: Sequence[Action], ranges: Ranges) -> bytes:

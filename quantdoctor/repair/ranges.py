@@ -88,6 +88,22 @@ def choose_range(hist: RangeHistogram, method: str, percentile: float | None = N
     return _kl_range(hist, lo, hi)
 
 
+def activation_range(runner, action, calibrated: tuple[float, float], calibration, batch_size: int = 16
+                     ) -> tuple[float, float]:
+    """The range `action` (a `CalibrationRange`) chooses for its tensor, from a histogram of the float activation
+    that `runner` (the float model, any runtime) computes on the calibration set, streamed batch by batch.
+
+    Args:
+        calibrated: the (min, max) the calibration found (the histogram's fixed span).
+    """
+    index = next(i for i, t in runner.graph.tensors.items() if t.name == action.tensor)
+    lo, hi = calibrated
+    hist = RangeHistogram(lo, hi, keep_tops=action.method == RangeMethod.DECISION.value)
+    for x, _ in calibration.batches(batch_size):
+        hist.update(runner.capture(x, [index])[index])
+    return choose_range(hist, action.method, action.percentile)
+
+
 def top_values(rows: np.ndarray, n: int) -> np.ndarray:
     """The `n` largest values of each row, descending; rows shorter than `n` are padded with -inf."""
     rows = np.asarray(rows, dtype=np.float64)
