@@ -34,3 +34,22 @@ def test_a_torch_model_needs_array_data(tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(DataError, match="takes its input shape from the data"):
         diagnose(TinyNet(), tmp_path / "images", scheme="ort-qdq-int8")
+
+
+def test_a_torch_export_program_file_on_the_cli(tmp_path, capsys):
+    import json
+
+    from quantdoctor.cli.main import main
+
+    net = TinyNet().eval()
+    program = torch.export.export(net, (torch.zeros(2, *INPUT_SHAPE),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, tmp_path / "tiny.pt2")
+    x = np.random.default_rng(1).uniform(-1, 1, (40, *INPUT_SHAPE)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x)
+    code = main(["diagnose", str(tmp_path / "tiny.pt2"), "--data", str(tmp_path / "data.npz"), "--scheme",
+                 "ort-qdq-int8", "--calib-count", "8", "--json", "--no-progress"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["run"]["float_kind"] == "torch"
+    assert {"features.0.0.act", "head.1"} <= {l["label"] for l in report["layers"]}
