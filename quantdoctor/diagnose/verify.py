@@ -130,6 +130,20 @@ class Counterfactuals:
                 out[op.index] = (tuple(chain), tuple(perm))
         return out
 
+    def _fused(self, q_op: int) -> bool:
+        """A quantized op that stands for several float ops (an activation folded into its output grid)."""
+        return q_op in self.twins and len(self.twins[q_op][0]) > 1
+
+    def _quantized_op(self, q_op: int, args: list[np.ndarray]) -> list[np.ndarray]:
+        """The quantized op alone on float inputs, its outputs on the grid of the quantize op that follows them (in a
+        QDQ graph that grid is part of the op: it clips for the activation a quantizer folded into it)."""
+        values = self.q_ops.run_outputs(q_op, args)
+        out = []
+        for t, v in zip(self.qg.op(q_op).outputs, values):
+            g = self.qg.tensors[self.qg.quantized_form(t)] if t >= 0 else None
+            out.append(v if g is None or g.index == t or g.quant is None else _on_grid(v, g))
+        return out
+
     def _float_twin(self, q_op: int, args: list[np.ndarray]) -> list[np.ndarray]:
         """The float twin of quantized op `q_op` on its (float) input values."""
         chain, perm = self.twins[q_op]
@@ -156,6 +170,11 @@ class Counterfactuals:
                 readers = [c for t in op.outputs for c in self.qg.tensors[t].consumers]
                 to_float = all(self.qg.tensors[t].dtype not in _INTEGER for t in op.outputs)
                 returned = not readers and any(t in outputs for t in op.outputs)
+                # The quantize op after a fused op (Conv whose Relu/Clip the quantizer folded) is that activation:
+                # it stays unless the fused op itself is computed in float.
+                carries_activation = not to_float and src is not None and not from_exact and self._fused(src)
+                if carries_activation:
+                    continue
                 if (readers and all(c in chosen for c in readers)) or (from_exact and (to_float or returned)):
                     chosen.add(op.index)
                     grew = True
@@ -186,7 +205,7 @@ class Counterfactuals:
                 q_args = [None] * len(perm)
                 for k, j in enumerate(perm):
                     q_args[j] = args[k]
-                return self.q_ops.run_outputs(q_op, q_args)
+                return self._quantized_op(q_op, q_args)
         else:
             splice = self.qr.splice(self._with_conversions(ops))
 
@@ -207,6 +226,19 @@ class Counterfactuals:
         accuracy = m.quant_top1 if m.num_labelled else None
         self._done[(kind, ops)] = Outcome(kind, ops, m.top1_agreement, m.topk_agreement, accuracy, m.logit_sqnr_db, rec)
         return self._done[(kind, ops)]
+
+
+def _on_grid(value: np.ndarray, tensor) -> np.ndarray:
+    """`value` quantized to `tensor`'s integer grid and back (round half to even, saturate)."""
+    q = tensor.quant
+    info = np.iinfo(np.dtype(tensor.dtype))
+    s = np.asarray(q.scales, dtype=np.float32)
+    z = np.asarray(q.zero_points or (0,), dtype=np.float32)
+    if s.size > 1 and q.axis is not None:
+        shape = [1] * value.ndim
+        shape[q.axis] = s.size
+        s, z = s.reshape(shape), z.reshape(shape)
+    return ((np.clip(np.rint(value / s) + z, info.min, info.max) - z) * s).astype(np.float32)
 
 
 def locate_causes(cf: Counterfactuals, ranked: Sequence[int], labels: dict[int, tuple[str, str]],
