@@ -48,6 +48,13 @@ def run_diagnose(args: argparse.Namespace) -> int:
     if args.out:
         _check_out_dir(Path(args.out))
     diag = diagnose(args.model, args.data, config=_config(args), progress=not args.no_progress and not args.json)
+    if getattr(args, "verify_fixes", False) and diag.findings:
+        from quantdoctor.repair.fixes import verify_fixes
+
+        diag = verify_fixes(diag, args.model, args.data, scheme=args.scheme, quantized=args.quantized,
+                            samples=args.verify_samples, batch_size=args.batch_size, top_k=args.top_k,
+                            preprocess=args.preprocess, resize=args.resize, calib=args.calib,
+                            calib_count=args.calib_count, max_samples=args.max_samples)
     if args.json:
         sys.stdout.write(diag.to_json() + "\n")
     else:
@@ -115,6 +122,11 @@ def run_demo(args: argparse.Namespace) -> int:
             model, data, scheme=scheme, preprocess="efficientnet-lite", max_samples=args.max_samples,
             progress=not args.no_progress,
         )
+        if diag.findings:  # the top findings' fixes, built with the real quantizer and measured
+            from quantdoctor.repair.fixes import verify_fixes
+
+            diag = verify_fixes(diag, model, data, scheme=scheme, preprocess="efficientnet-lite",
+                                max_samples=args.max_samples)
         render(diag, console)
         write_outputs(diag, out / scheme)
         results[scheme] = diag

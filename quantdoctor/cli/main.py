@@ -67,6 +67,8 @@ def add_explain_options(p: argparse.ArgumentParser) -> None:
                    help="do not prove findings with counterfactuals at the output (ops made exact, group testing)")
     p.add_argument("--verify-samples", type=int, default=256,
                    help="samples the counterfactuals are evaluated on (the first ones; default: 256)")
+    p.add_argument("--verify-fixes", action="store_true",
+                   help="also build the top findings' fixes with the real quantizer and measure them (diagnose only)")
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:

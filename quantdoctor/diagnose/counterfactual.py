@@ -23,7 +23,7 @@ from typing import Any
 class Outcome:
     """One counterfactual evaluated at the output."""
 
-    kind: str  # "quantized", "op_exact", "alone_quantized"
+    kind: str  # "quantized", "op_exact", "alone_quantized", "fix_applied"
     ops: tuple[int, ...]  # quantized op indices (LayerResult.position) it changes
     top1_agreement: float
     topk_agreement: float
@@ -114,3 +114,16 @@ def recovery(quantized: float, counterfactual: float, reference: float = 1.0) ->
     if not lost > 1e-12 or math.isnan(counterfactual):
         return math.nan
     return (counterfactual - quantized) / lost
+
+
+@dataclass(frozen=True)
+class FixCheck:
+    """A finding's suggested fix, built with the real quantizer and evaluated at the output (repair/fixes.py)."""
+
+    action: str  # the fix, in words ("keep b2_dw_relu in float", ...)
+    before: float  # top-1 agreement of the model the quantizer builds without the fix, on the same samples
+    outcome: Outcome  # kind "fix_applied"
+    samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "before": self.before, "outcome": self.outcome.to_dict(), "samples": self.samples}

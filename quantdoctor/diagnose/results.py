@@ -10,7 +10,7 @@ from typing import Any
 
 # One definition each: the accumulators produce these, the report carries them.
 from quantdoctor.backends.base import QuantParams, WeightInfo
-from quantdoctor.diagnose.counterfactual import Outcome, Verification
+from quantdoctor.diagnose.counterfactual import FixCheck, Outcome, Verification
 from quantdoctor.matching.types import MatchMethod, Unmatched
 from quantdoctor.stats.accumulators import TensorError
 from quantdoctor.stats.activations import ActivationStats
@@ -202,6 +202,7 @@ class Finding:
     verified: bool = False  # its counterfactual recovered at least the verification target of the loss
     check: Outcome | None = None  # the counterfactual measured for it (diagnose/verify.py), None if not measured
     role: str = "suspect"  # "cause" (verified), "context" (a symptom shown with the cause), "suspect" (not proven)
+    fix_check: FixCheck | None = None  # its fix built with the real quantizer and evaluated (`--verify-fixes`)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -216,6 +217,7 @@ class Finding:
             "verified": self.verified,
             "check": None if self.check is None else self.check.to_dict(),
             "role": self.role,
+            "fix_check": None if self.fix_check is None else self.fix_check.to_dict(),
         }
 
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,7 @@ def repair(
     """
     from dataclasses import replace
 
-    from quantdoctor.backends.keras.loader import detect_source, load_keras_model
     from quantdoctor.backends.runtimes import RUNTIMES
-    from quantdoctor.repair.build import Builder
     from quantdoctor.repair.evaluate import Evaluator
     from quantdoctor.repair.recipe import Recipe, file_sha256, sha256
     from quantdoctor.repair.search import GreedySearch, SearchConfig
@@ -68,23 +67,9 @@ def repair(
     start = time.perf_counter()
     if max_drop < 0:
         raise UserInputError(f"--max-drop must be 0 or more points, got {max_drop}")
-    if (scheme is None) == (quantized is None):
-        raise UserInputError("give exactly one of --scheme and --quantized")
-    source = detect_source(Path(model))
-    if source.kind == "torch":
-        raise UserInputError("repair takes Keras, SavedModel, .tflite and .onnx models; export the PyTorch program to "
-                             "ONNX first (diagnose takes .pt2 programs)")
-    runtime = "onnx" if source.kind == "onnx" else "tflite"
-    given = None
-    if quantized is not None:
-        given, scheme = _read_quantized(quantized, runtime)
-    _check_scheme(scheme, runtime)
-    keras_model = load_keras_model(source.path) if source.kind == "keras" else None
-    dataset = _dataset(data, source, keras_model, preprocess, resize)
-    eval_ds, calib_ds = _split(dataset, scheme, calib, calib_count, preprocess, resize)
-    if max_samples is not None and len(eval_ds) > max_samples:
-        eval_ds = eval_ds.subset(np.arange(max_samples))
-    builder = Builder.prepare(keras_model if keras_model is not None else source, scheme, calib_ds)
+    p = prepare(model, data, scheme, quantized, preprocess=preprocess, resize=resize, calib=calib,
+                calib_count=calib_count, max_samples=max_samples)
+    source, runtime, given, scheme, eval_ds, builder = p.source, p.runtime, p.given, p.scheme, p.eval_ds, p.builder
     evaluator = Evaluator(builder.float_model, eval_ds, metric, batch_size=batch_size, top_k=top_k, rank_size=rank_size,
                           runtime=runtime)
     diagnose_fn = _diagnoser(builder.float_model, eval_ds, evaluator, batch_size, RUNTIMES.get(runtime).suffix)
@@ -128,6 +113,48 @@ def repair(
         recipe = Recipe(scheme, builder.backend.value, tuple(actions), file_sha256(source.path), sha256(repaired), ranges)
         write_repair(result, recipe, Path(out), model_name(runtime))
     return result
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a repair (or a fix check) starts from: the model, its runtime, the data split and a builder."""
+
+    source: Any
+    runtime: str
+    given: bytes | None  # a quantized model made elsewhere
+    scheme: str
+    eval_ds: Any
+    builder: Any
+
+
+def prepare(model: Any, data: Any, scheme: str | None, quantized: Any, *, preprocess: str = "none",
+            resize: str = "crop", calib: Any = None, calib_count: int = 100, max_samples: int | None = None) -> Prepared:
+    """Read the model and data, split off the calibration samples (as diagnose does) and set up the real builder.
+
+    Raises:
+        UserInputError: both or neither of `scheme` and `quantized`, a PyTorch program, a scheme of another runtime.
+    """
+    from quantdoctor.backends.keras.loader import detect_source, load_keras_model
+    from quantdoctor.repair.build import Builder
+
+    if (scheme is None) == (quantized is None):
+        raise UserInputError("give exactly one of --scheme and --quantized")
+    source = detect_source(Path(model))
+    if source.kind == "torch":
+        raise UserInputError("repair takes Keras, SavedModel, .tflite and .onnx models; export the PyTorch program to "
+                             "ONNX first (diagnose takes .pt2 programs)")
+    runtime = "onnx" if source.kind == "onnx" else "tflite"
+    given = None
+    if quantized is not None:
+        given, scheme = _read_quantized(quantized, runtime)
+    _check_scheme(scheme, runtime)
+    keras_model = load_keras_model(source.path) if source.kind == "keras" else None
+    dataset = _dataset(data, source, keras_model, preprocess, resize)
+    eval_ds, calib_ds = _split(dataset, scheme, calib, calib_count, preprocess, resize)
+    if max_samples is not None and len(eval_ds) > max_samples:
+        eval_ds = eval_ds.subset(np.arange(max_samples))
+    builder = Builder.prepare(keras_model if keras_model is not None else source, scheme, calib_ds)
+    return Prepared(source, runtime, given, scheme, eval_ds, builder)
 
 
 def model_name(runtime: str) -> str:

@@ -154,7 +154,13 @@ def finding_sentence(finding, diagnosis=None) -> str:
     if finding.role == "context":
         cause = finding.evidence.get("cause")
         text = f"Context{' for ' + cause if cause else ''}: " + text + " This makes the model sensitive; it is not the cause."
-    return text + (" " + check if check else "")
+    text += " " + check if check else ""
+    fix = finding.fix_check
+    if fix is not None:
+        text += (f" Fix applied with the real quantizer ({fix.action}): top-1 agreement {fix.before:.2f} → "
+                 f"{fix.outcome.top1_agreement:.2f} on {fix.samples} samples ({_pct(fix.outcome.recovery)} of the loss "
+                 "recovered).")
+    return text
 
 
 def check_sentence(finding, diagnosis=None) -> str:

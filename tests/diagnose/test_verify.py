@@ -108,3 +108,26 @@ def test_no_verify_skips_the_counterfactuals(data):
     d = diagnose(_save(planted_gamma_spread(), data, "gamma2"), data / "data.npz", scheme="dynamic-per-tensor",
                  verify=False)
     assert d.verification is None and not any(f.verified for f in d.findings)
+
+
+def test_the_top_findings_fix_is_built_for_real_and_measured(data):
+    """--verify-fixes: the planted gamma spread's fix (per-channel weights for proj_bn) built by the quantizer."""
+    from quantdoctor.repair.fixes import verify_fixes
+
+    path = _save(planted_gamma_spread(), data, "gamma_fix")
+    d = diagnose(path, data / "data.npz", scheme="dynamic-per-tensor")
+    d = verify_fixes(d, path, data / "data.npz", scheme="dynamic-per-tensor")
+    fix = d.findings[0].fix_check
+    assert fix is not None and "proj_bn" in fix.action
+    assert fix.outcome.kind == "fix_applied" and fix.outcome.top1_agreement > fix.before
+    assert fix.outcome.recovery >= 0.5
+    from quantdoctor.report.findings_text import finding_sentence
+
+    assert "Fix applied with the real quantizer (per-channel weights" in finding_sentence(d.findings[0], d)
+    import json
+
+    import jsonschema
+
+    from tests.report.test_schema import SCHEMA
+
+    jsonschema.validate(json.loads(d.to_json()), json.loads(SCHEMA.read_text()))
