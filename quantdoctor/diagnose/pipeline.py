@@ -138,7 +138,8 @@ class _Run:
 
     def _verify(self, found, diagnosis, float_runner, quant_runner, matching, eval_ds):
         """Counterfactuals at the output: locate the ops that carry the loss, check each finding, re-rank."""
-        from quantdoctor.diagnose.verify import Counterfactuals, locate_causes, proxy_order, verify_findings
+        from quantdoctor.diagnose.counterfactuals import Counterfactuals
+        from quantdoctor.diagnose.verify import locate_causes, proxy_order, verify_findings
 
         cfg = self.cfg
         n = min(cfg.verify_samples, len(eval_ds))

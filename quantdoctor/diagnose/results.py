@@ -10,7 +10,7 @@ from typing import Any
 
 # One definition each: the accumulators produce these, the report carries them.
 from quantdoctor.backends.base import QuantParams, WeightInfo
-from quantdoctor.diagnose.counterfactual import FixCheck, Outcome, Verification
+from quantdoctor.diagnose.verification import FixCheck, Outcome, Verification
 from quantdoctor.matching.types import MatchMethod, Unmatched
 from quantdoctor.stats.accumulators import TensorError
 from quantdoctor.stats.activations import ActivationStats

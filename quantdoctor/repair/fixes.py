@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from quantdoctor.diagnose.counterfactual import FixCheck, Outcome, recovery
+from quantdoctor.diagnose.verification import FixCheck, Outcome, recovery
 
 NOT_FIXABLE = ("accumulated_drift", "float_ops")  # no single action fixes them
 

@@ -221,7 +221,7 @@ SENSITIVITY_COLUMNS = ("Pos", "Layer", "Op", "Exact", "Recovered", "Alone quanti
 
 
 def sensitivity_row(row) -> tuple[str, ...]:
-    """One row of the sensitivity table (`diagnose.counterfactual.Sensitivity`), matching `SENSITIVITY_COLUMNS`."""
+    """One row of the sensitivity table (`diagnose.verification.Sensitivity`), matching `SENSITIVITY_COLUMNS`."""
     rec = row.exact.recovery
     return (
         str(row.position),

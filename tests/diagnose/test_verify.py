@@ -32,7 +32,7 @@ def _save(model, folder, name):
 def test_every_op_exact_is_the_float_model_and_no_op_exact_is_the_quantized_model(tiny_model_path, tiny_npz, scheme):
     from quantdoctor.backends.tflite.runner import TfliteRunner
     from quantdoctor.data import load_dataset
-    from quantdoctor.diagnose.verify import Counterfactuals
+    from quantdoctor.diagnose.counterfactuals import Counterfactuals
     from quantdoctor.matching.match import match_graphs
     from quantdoctor.quantize.converter import calibration_from, convert, convert_calibrated_pair
     import keras

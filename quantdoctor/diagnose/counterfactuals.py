@@ -1,0 +1,225 @@
+"""Counterfactuals measured at the model output, by running one model in segments with some ops computed by the other
+(`Runner.splice`, a backend primitive), so neither needs a re-conversion and both work for a quantized model made
+elsewhere:
+
+- *op exact*: the quantized model, with the chosen ops computed by the float model's ops on the inputs the quantized
+  model gives them (an integer output is stored on its tensor's grid again). This is the keep-this-op-in-float fix,
+  measured without a rebuild: it removes the op's own quantization and nothing upstream of it, so a late op does not
+  "recover" errors it only passes on.
+- *alone quantized*: the float model, with only the chosen ops computed by their quantized versions (on float inputs,
+  quantized into integer input tensors as the quantized model stores them).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from quantdoctor.backends.base import Graph
+from quantdoctor.diagnose.verification import Outcome, recovery
+from quantdoctor.matching.match import Matching, through_conversions
+from quantdoctor.stats.classification import ClassificationAccumulator
+
+_INTEGER = ("int8", "uint8", "int16", "uint16")
+MAX_CHAIN = 3  # float ops a fused quantized op may stand for (Conv + Relu, Conv + Clip, ...)
+
+
+class Counterfactuals:
+    """Evaluates counterfactuals of the quantized model against the float model on a fixed verification subset.
+
+    Args:
+        float_runner, quant_runner: backend runners (`backends/base.Runner`) of the float and the quantized model.
+        matching: the float ↔ quantized tensor pairs.
+        dataset: the evaluation set; its first `samples` samples verify.
+    """
+
+    def __init__(self, float_runner, quant_runner, matching: Matching, dataset, samples: int, *,
+                 batch_size: int = 16, top_k: int = 3) -> None:
+        self.fr, self.qr = float_runner, quant_runner
+        self.fg: Graph = float_runner.graph
+        self.qg: Graph = quant_runner.graph
+        self.f_ops, self.q_ops = float_runner.op_runner(), quant_runner.op_runner()
+        self.top_k = top_k
+        subset = dataset if len(dataset) <= samples else dataset.subset(np.arange(samples))
+        self.samples = len(subset)
+        labels = subset.labels
+        self.batches = [(x, None if labels is None else labels[idx]) for x, idx in subset.batches(batch_size)]
+        self.float_out = [float_runner.run(x).reshape(len(x), -1).copy() for x, _ in self.batches]
+        self.num_classes = self.float_out[0].shape[1]
+        self.matching = matching
+        self._q_to_f = matching.q_to_f
+        self._f_to_q = {p.float_index: p.quant_index for p in matching.pairs}
+        self.twins = self._twins()  # quantized op -> (float ops, input permutation)
+        self.candidates = tuple(sorted(self.twins))
+        self.count = 0
+        self.seconds = 0.0
+        self._done: dict[tuple[str, tuple[int, ...]], Outcome] = {}  # each counterfactual is measured once
+        self.baseline = self._measure("quantized", ())
+
+    def _float_source(self, t: int) -> int | None:
+        """The float tensor a quantized tensor stands for (through inserted (de)quantize ops)."""
+        f = self.matching.float_of(self.qg, t)
+        if f is not None:
+            return f
+        frontier = [t]
+        for _ in range(3):  # a graph output read through its (quantize and) dequantize ops
+            frontier = [op.outputs[0] for f in frontier for c in self.qg.tensors[f].consumers
+                        for op in [self.qg.op(c)] if self.qg.is_conversion(op) and op.outputs]
+            found = [self._q_to_f[f] for f in frontier if f in self._q_to_f]
+            if found:
+                return found[0]
+        return None
+
+    def _twins(self) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Quantized op → (float ops that compute its output from the paired inputs, input permutation).
+
+        Usually one float op of the same type. A QDQ quantizer may fold an activation into the op before it (ORT:
+        Conv+Relu → Conv whose output grid clips); its twin is then that chain of float ops (at most `MAX_CHAIN`,
+        each after the first reading only the one before). Float input k of the first op is quantized input perm[k].
+        """
+        out = {}
+        for op in self.qg.ops:
+            if self.qg.is_conversion(op) or not op.outputs or op.outputs[0] < 0:
+                continue
+            f_t = self._float_source(op.outputs[0])
+            f_prod = None if f_t is None else self.fg.tensors[f_t].producer
+            if f_prod is None:
+                continue
+            chain = [f_prod]
+            while self.qg.qdq and self.fg.op(chain[0]).type != op.type and len(chain) < MAX_CHAIN:
+                ins = self.f_ops.io(chain[0]).inputs
+                prev = self.fg.tensors[ins[0]].producer if len(ins) == 1 else None
+                if prev is None:
+                    break
+                chain.insert(0, prev)
+            first = self.fg.op(chain[0])
+            if first.type != op.type or len(self.fg.op(chain[-1]).outputs) != len(op.outputs):
+                continue
+            if any(self.f_ops.io(c).inputs != tuple(t for t in self.fg.op(b).outputs if t >= 0)
+                   for b, c in zip(chain, chain[1:])):
+                continue
+            q_in = [through_conversions(self.qg, t) for t in self.q_ops.io(op.index).inputs]
+            f_in = self.f_ops.io(chain[0]).inputs
+            perm = []
+            for t in f_in:
+                q = self._f_to_q.get(t)
+                q = None if q is None else through_conversions(self.qg, q)
+                if q not in q_in:
+                    break
+                perm.append(q_in.index(q))
+            if len(perm) == len(f_in) == len(q_in) and len(set(perm)) == len(perm):
+                out[op.index] = (tuple(chain), tuple(perm))
+        return out
+
+    def _fused(self, q_op: int) -> bool:
+        """A quantized op that stands for several float ops (an activation folded into its output grid)."""
+        return q_op in self.twins and len(self.twins[q_op][0]) > 1
+
+    def _quantized_op(self, q_op: int, args: list[np.ndarray]) -> list[np.ndarray]:
+        """The quantized op alone on float inputs, its outputs on the grid of the quantize op that follows them (in a
+        QDQ graph that grid is part of the op: it clips for the activation a quantizer folded into it)."""
+        values = self.q_ops.run_outputs(q_op, args)
+        out = []
+        for t, v in zip(self.qg.op(q_op).outputs, values):
+            g = self.qg.tensors[self.qg.quantized_form(t)] if t >= 0 else None
+            out.append(v if g is None or g.index == t or g.quant is None else _on_grid(v, g))
+        return out
+
+    def _float_twin(self, q_op: int, args: list[np.ndarray]) -> list[np.ndarray]:
+        """The float twin of quantized op `q_op` on its (float) input values."""
+        chain, perm = self.twins[q_op]
+        values = self.f_ops.run_outputs(chain[0], [args[j] for j in perm])
+        for f_op in chain[1:]:
+            values = self.f_ops.run_outputs(f_op, values[:1])
+        return values
+
+    def _with_conversions(self, ops: Sequence[int]) -> list[int]:
+        """`ops` plus the (de)quantize ops that keeping them in float removes: a dequantize fed by an exact op, any
+        conversion whose readers are all exact (or that returns a graph output from an exact op). A quantize op whose
+        reader still computes quantized stays: that reader needs its input on the grid."""
+        chosen = set(ops)
+        outputs = set(self.qg.outputs)
+        conversions = [op for op in self.qg.ops if self.qg.is_conversion(op) and not self.qg.is_weight_dequantize(op)]
+        grew = True
+        while grew:
+            grew = False
+            for op in conversions:
+                if op.index in chosen:
+                    continue
+                src = self.qg.tensors[op.inputs[0]].producer
+                from_exact = src is not None and src in chosen
+                readers = [c for t in op.outputs for c in self.qg.tensors[t].consumers]
+                to_float = all(self.qg.tensors[t].dtype not in _INTEGER for t in op.outputs)
+                returned = not readers and any(t in outputs for t in op.outputs)
+                # The quantize op after a fused op (Conv whose Relu/Clip the quantizer folded) is that activation:
+                # it stays unless the fused op itself is computed in float.
+                carries_activation = not to_float and src is not None and not from_exact and self._fused(src)
+                if carries_activation:
+                    continue
+                if (readers and all(c in chosen for c in readers)) or (from_exact and (to_float or returned)):
+                    chosen.add(op.index)
+                    grew = True
+        return sorted(chosen)
+
+    def op_exact(self, ops: Sequence[int]) -> Outcome:
+        """The quantized model with `ops` computed by their float twins on the inputs the quantized model gives."""
+        return self._measure("op_exact", tuple(sorted(set(int(o) for o in ops))))
+
+    def alone_quantized(self, ops: Sequence[int]) -> Outcome:
+        """The float model with only `ops` computed by their quantized versions."""
+        return self._measure("alone_quantized", tuple(sorted(set(int(o) for o in ops))))
+
+    def _measure(self, kind: str, ops: tuple[int, ...]) -> Outcome:
+        if (kind, ops) in self._done:
+            return self._done[(kind, ops)]
+        start = time.perf_counter()
+        if kind == "alone_quantized":
+            by_float = {self.twins[q][0][0]: q for q in ops}  # the first float op of each twin computes it all
+            rest = {f for q in ops for f in self.twins[q][0][1:]}  # the others pass its value on
+            splice = self.fr.splice(sorted(set(by_float) | rest))
+
+            def compute(f_op, args):
+                if f_op not in by_float:
+                    return [np.asarray(args[0], dtype=np.float32)]
+                q_op = by_float[f_op]
+                perm = self.twins[q_op][1]
+                q_args = [None] * len(perm)
+                for k, j in enumerate(perm):
+                    q_args[j] = args[k]
+                return self._quantized_op(q_op, q_args)
+        else:
+            splice = self.qr.splice(self._with_conversions(ops))
+
+            def compute(q_op, args):
+                if q_op not in self.twins:  # a (de)quantize next to exact ops: float in, float out
+                    return [np.asarray(args[0], dtype=np.float32)]
+                return self._float_twin(q_op, args)
+
+        acc = ClassificationAccumulator(self.num_classes, self.top_k)
+        for (x, y), f_out in zip(self.batches, self.float_out):
+            out = splice.run(x, compute)[0].reshape(len(x), -1)
+            acc.update(f_out, out, y)
+        m = acc.result()
+        base = getattr(self, "baseline", None)
+        rec = math.nan if base is None else recovery(base.top1_agreement, m.top1_agreement)
+        self.count += 1
+        self.seconds += time.perf_counter() - start
+        accuracy = m.quant_top1 if m.num_labelled else None
+        self._done[(kind, ops)] = Outcome(kind, ops, m.top1_agreement, m.topk_agreement, accuracy, m.logit_sqnr_db, rec)
+        return self._done[(kind, ops)]
+
+
+def _on_grid(value: np.ndarray, tensor) -> np.ndarray:
+    """`value` quantized to `tensor`'s integer grid and back (round half to even, saturate)."""
+    q = tensor.quant
+    info = np.iinfo(np.dtype(tensor.dtype))
+    s = np.asarray(q.scales, dtype=np.float32)
+    z = np.asarray(q.zero_points or (0,), dtype=np.float32)
+    if s.size > 1 and q.axis is not None:
+        shape = [1] * value.ndim
+        shape[q.axis] = s.size
+        s, z = s.reshape(shape), z.reshape(shape)
+    return ((np.clip(np.rint(value / s) + z, info.min, info.max) - z) * s).astype(np.float32)
