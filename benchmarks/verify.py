@@ -66,7 +66,7 @@ def sweep(model, data, opts) -> tuple:
 
     from quantdoctor.backends.keras.loader import load_keras_model
     from quantdoctor.backends.tflite.runner import TfliteRunner
-    from quantdoctor.diagnose.verify import Counterfactuals
+    from quantdoctor.diagnose.counterfactuals import Counterfactuals
     from quantdoctor.matching.match import match_graphs
     from quantdoctor.quantize.converter import convert
 
