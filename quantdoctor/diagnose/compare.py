@@ -208,15 +208,18 @@ class Comparison:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     def summary(self, width: int = 100) -> str:
-        from quantdoctor.report.compare_text import render_text
+        from quantdoctor.report.render import render
 
-        return render_text(self, width=width)
+        return render(self, "terminal", width=width)
 
     def to_html(self) -> str:
         """The comparison as one self-contained HTML page (what `compare --out` writes as compare.html)."""
-        from quantdoctor.report.compare_html import render_compare_html
+        from quantdoctor.report.render import render
 
-        return render_compare_html(self)
+        return render(self, "html")
+
+    def _repr_html_(self) -> str:  # Jupyter
+        return self.to_html()
 
 
 def compare(

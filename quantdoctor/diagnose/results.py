@@ -268,20 +268,24 @@ class Diagnosis:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
+    # Views, rendered by `quantdoctor.report.render` (the data model holds numbers only).
     def to_html(self) -> str:
-        from quantdoctor.report.html import render_html
+        from quantdoctor.report.render import render
 
-        return render_html(self)
+        return render(self, "html")
 
     def summary(self, width: int = 100) -> str:
-        from quantdoctor.report.terminal import render_text
+        from quantdoctor.report.render import render
 
-        return render_text(self, width=width)
+        return render(self, "terminal", width=width)
 
     def layers_frame(self):  # -> pandas.DataFrame
-        from quantdoctor.report.frame import layers_frame
+        from quantdoctor.report.render import render
 
-        return layers_frame(self)
+        return render(self, "frame")
+
+    def _repr_html_(self) -> str:  # Jupyter
+        return self.to_html()
 
 
 def _nsr(sqnr_db: float) -> float:

@@ -66,31 +66,18 @@ class RepairResult:
         return json.dumps(self.to_dict(), indent=2)
 
     def to_html(self) -> str:
-        """The repair report as one self-contained HTML document (matplotlib and jinja2 load only now)."""
-        from quantdoctor.report.repair_html import render_repair_html
+        """The repair report as one self-contained HTML document (`report.render`)."""
+        from quantdoctor.report.render import render
 
-        return render_repair_html(self)
+        return render(self, "html")
 
     def summary(self) -> str:
-        """The terminal view: outcome, changes, and the trajectory table."""
-        lines = [self.message, ""]
-        if self.actions:
-            lines.append(f"changes ({self.changed_ops} ops):")
-            lines += [f"  - {a.describe()}" for a in self.actions]
-        else:
-            lines.append("changes: none")
-        if self.skipped:
-            lines.append("not expressible with this backend:")
-            lines += [f"  - {s}" for s in self.skipped]
-        lines.append("")
-        header = f"{'step':>4}  {'change':<58} {self.metric:>9} {'drop':>7} {'size MB':>8} {'float ops':>9} {'ms/sample':>9} {'evals':>5}"
-        lines += [header, "-" * len(header)]
-        for r in self.trajectory:
-            change = r.change if len(r.change) <= 58 else r.change[:55] + "..."
-            lines.append(
-                f"{r.step:>4}  {change:<58} {r.metric:>9.4f} {r.drop:>7.2f} {r.size_bytes / 1e6:>8.3f} {r.float_ops:>9d} "
-                f"{r.latency_ms:>9.2f} {r.evaluations:>5d}" + ("  (full set)" if r.full else "")
-            )
-        lines.append(f"\n{self.evaluations} quantized evaluations (+{self.splice_evaluations} spliced counterfactual "
-                     f"passes in the diagnoses), {self.seconds:.1f} s")
-        return "\n".join(lines)
+        """The terminal view: outcome, changes, and the trajectory table (`report.render`)."""
+        from quantdoctor.report.render import render
+
+        return render(self, "terminal")
+
+    def _repr_html_(self) -> str:
+        from quantdoctor.report.render import render
+
+        return render(self, "html")
