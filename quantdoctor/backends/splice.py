@@ -1,4 +1,5 @@
-"""A model run in segments with chosen ops computed by the caller: the machinery of counterfactuals, for any runtime.
+"""Cuts shared by every runtime: single ops run alone (`OpRunnerBase`) and the model run in segments with chosen ops
+computed by the caller (`SpliceBase`) — the machinery of isolated errors and counterfactuals.
 
 A runtime gives three things (`SpliceBase` subclasses in `backends/<runtime>/subgraph.py`): how to cut ops out into a
 runnable `Subgraph` (`_cut`), which activation tensors one op reads in the order its own cut takes them
@@ -96,6 +97,68 @@ class SpliceBase:
     def _stays_float(self, t: int) -> bool:
         consumers = self.graph.tensors[t].consumers
         return bool(consumers) and t not in self.outputs and all(c in self.replaced for c in consumers)
+
+
+class OpRunnerBase:
+    """Runs single ops of a model on inputs taken from elsewhere: one cut per op, built on first use and kept.
+
+    A runtime gives `_plan(op)` (which tensors the op's cut reads and writes: `.inputs`, `.outputs`) and `_cut_op(op)`
+    (the runnable cut: `run(float_inputs)`, `run_raw(arrays)`).
+
+    Args:
+        model: the model bytes every index refers to.
+        constants: per op index, constants to replace in that op's cut (tensor index → array), e.g. a float model's
+            weights swapped for a quantized model's dequantized ones.
+    """
+
+    def __init__(self, model: bytes, num_threads: int | None = None,
+                 constants: dict[int, dict[int, np.ndarray]] | None = None) -> None:
+        self.model = bytes(model)
+        self.constants = constants or {}
+        self._threads = num_threads
+        self._ops: dict[int, Any] = {}
+        self._io: dict[int, Any] = {}
+
+    def _plan(self, op_index: int) -> Any:
+        raise NotImplementedError
+
+    def _cut_op(self, op_index: int) -> Any:
+        raise NotImplementedError
+
+    def io(self, op_index: int) -> Any:
+        """The source tensors op `op_index` reads (the order `run` wants its inputs in) and writes."""
+        if op_index not in self._io:
+            self._io[op_index] = self._plan(op_index)
+        return self._io[op_index]
+
+    def _op(self, op_index: int) -> Any:
+        if op_index not in self._ops:
+            self._ops[op_index] = self._cut_op(op_index)
+        return self._ops[op_index]
+
+    def _check_count(self, op_index: int, arrays: Sequence[np.ndarray]) -> None:
+        want = len(self.io(op_index).inputs)
+        if len(arrays) != want:
+            raise DataError(f"op {op_index} reads {want} activation tensor(s); {len(arrays)} array(s) were given")
+
+    def run_raw(self, op_index: int, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Outputs of op `op_index` as the kernel writes them (integers stay integers), inputs cast as given."""
+        self._check_count(op_index, arrays)
+        return self._op(op_index).run_raw(arrays)
+
+    def run_outputs(self, op_index: int, float_inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """All float32 outputs of op `op_index` fed with float inputs (float values going into an integer tensor are
+        quantized as the model stores them; integer outputs are dequantized).
+
+        Raises:
+            DataError: the number of inputs is not the number the op reads.
+        """
+        self._check_count(op_index, float_inputs)
+        return self._op(op_index).run(float_inputs)
+
+    def run(self, op_index: int, float_inputs: Sequence[np.ndarray]) -> np.ndarray:
+        """The first float32 output of op `op_index` fed with float inputs."""
+        return self.run_outputs(op_index, float_inputs)[0]
 
 
 def live_ops(graph: Graph) -> list[int]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from quantdoctor.backends.base import Graph, QuantParams
-from quantdoctor.backends.splice import SpliceBase
+from quantdoctor.backends.splice import OpRunnerBase, SpliceBase
 from quantdoctor.errors import DataError, UserInputError
 
 _INTEGER = ("int8", "uint8", "int16", "uint16", "int32")
@@ -228,61 +228,22 @@ class Subgraph:
         return [from_tensor(v, self.graph.tensors[t].quant) for v, t in zip(outs, self.outputs, strict=True)]
 
 
-class OpRunner:
-    """Runs single ops of a model on inputs taken from elsewhere; one `Subgraph` per op, built on first use and kept.
-
-    Args:
-        model: the ONNX bytes (the runner's normalized `model`).
-        constants: per op index, initializers to replace in that op's cut (tensor index → array).
-    """
+class OpRunner(OpRunnerBase):
+    """Single ops of an ONNX model (the runner's normalized bytes), each cut out and run alone (`OpRunnerBase`);
+    `constants` replace initializers in an op's cut."""
 
     def __init__(self, model: bytes, num_threads: int | None = None,
                  constants: dict[int, dict[int, np.ndarray]] | None = None, graph: Graph | None = None) -> None:
-        self.model = bytes(model)
+        super().__init__(model, num_threads, constants)
         self.graph = graph
-        self.constants = constants or {}
-        self._threads = num_threads
-        self._ops: dict[int, Subgraph] = {}
-        self._io: dict[int, CutIO] = {}
 
-    def io(self, op_index: int) -> CutIO:
-        """The source tensors op `op_index` reads (the order `run` wants its inputs in) and writes."""
-        if op_index not in self._io:
-            self._io[op_index] = plan(self.model, [op_index])
-        return self._io[op_index]
+    def _plan(self, op_index: int) -> CutIO:
+        return plan(self.model, [op_index])
 
-    def _op(self, op_index: int) -> Subgraph:
-        if op_index not in self._ops:
-            self._ops[op_index] = Subgraph(self.model, [op_index], constants=self.constants.get(op_index),
-                                           outputs=self._all_outputs(op_index), num_threads=self._threads,
-                                           graph=self.graph)
-        return self._ops[op_index]
-
-    def _all_outputs(self, op_index: int) -> tuple[int, ...]:
-        return tuple(t for t in _parsed(self.model)[1].ops[op_index].outputs if t >= 0)
-
-    def _check_count(self, op_index: int, arrays: Sequence[np.ndarray]) -> None:
-        want = len(self.io(op_index).inputs)
-        if len(arrays) != want:
-            raise DataError(f"op {op_index} reads {want} activation tensor(s); {len(arrays)} array(s) were given")
-
-    def run_raw(self, op_index: int, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Outputs of op `op_index` as the kernel writes them (integers stay integers), inputs cast as given."""
-        self._check_count(op_index, arrays)
-        return self._op(op_index).run_raw(arrays)
-
-    def run_outputs(self, op_index: int, float_inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """All float32 outputs of op `op_index` (every output, in the op's order) fed with float inputs.
-
-        Raises:
-            DataError: the number of inputs is not the number the op reads.
-        """
-        self._check_count(op_index, float_inputs)
-        return self._op(op_index).run(float_inputs)
-
-    def run(self, op_index: int, float_inputs: Sequence[np.ndarray]) -> np.ndarray:
-        """The first float32 output of op `op_index` fed with float inputs."""
-        return self.run_outputs(op_index, float_inputs)[0]
+    def _cut_op(self, op_index: int) -> Subgraph:
+        outputs = tuple(t for t in _parsed(self.model)[1].ops[op_index].outputs if t >= 0)
+        return Subgraph(self.model, [op_index], constants=self.constants.get(op_index), outputs=outputs,
+                        num_threads=self._threads, graph=self.graph)
 
 
 class Splice(SpliceBase):

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from quantdoctor.backends.base import Graph
-from quantdoctor.backends.splice import SpliceBase
+from quantdoctor.backends.splice import OpRunnerBase, SpliceBase
 from quantdoctor.backends.tflite.extract import ExtractedIO, extract_ops, plan, to_tensor_dtype
 from quantdoctor.backends.tflite.loader import load_interpreter
 from quantdoctor.errors import DataError
@@ -74,62 +74,14 @@ class Subgraph:
         return [dequantize_detail(v, d) for v, d in zip(outs, self.interp.get_output_details(), strict=True)]
 
 
-class OpRunner:
-    """Runs single ops of a model on inputs taken from elsewhere; one `Subgraph` per op, built on first use and kept.
+class OpRunner(OpRunnerBase):
+    """Single ops of a .tflite model, each cut out with its weight DEQUANTIZE ops and run alone (`OpRunnerBase`)."""
 
-    Args:
-        model: the .tflite bytes.
-        constants: per op index, float32 constants to replace in that op's extract (tensor index → array), e.g. a
-            float model's weights swapped for a quantized model's dequantized ones.
-    """
+    def _plan(self, op_index: int) -> ExtractedIO:
+        return plan(self.model, [op_index])
 
-    def __init__(
-        self,
-        model: bytes,
-        num_threads: int | None = None,
-        constants: dict[int, dict[int, np.ndarray]] | None = None,
-    ) -> None:
-        self.model = bytes(model)
-        self.constants = constants or {}
-        self._threads = num_threads
-        self._ops: dict[int, Subgraph] = {}
-        self._io: dict[int, ExtractedIO] = {}
-
-    def io(self, op_index: int) -> ExtractedIO:
-        """The source tensors op `op_index` reads (the order `run` wants its inputs in) and writes."""
-        if op_index not in self._io:
-            self._io[op_index] = plan(self.model, [op_index])
-        return self._io[op_index]
-
-    def _op(self, op_index: int) -> Subgraph:
-        if op_index not in self._ops:
-            self._ops[op_index] = Subgraph(
-                self.model, [op_index], constants=self.constants.get(op_index), num_threads=self._threads
-            )
-        return self._ops[op_index]
-
-    def _check_count(self, op_index: int, arrays: Sequence[np.ndarray]) -> None:
-        want = len(self.io(op_index).inputs)
-        if len(arrays) != want:
-            raise DataError(f"op {op_index} reads {want} activation tensor(s); {len(arrays)} array(s) were given")
-
-    def run_raw(self, op_index: int, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Outputs of op `op_index` as the kernel writes them (integers stay integers), inputs cast as given."""
-        self._check_count(op_index, arrays)
-        return self._op(op_index).run_raw(arrays)
-
-    def run_outputs(self, op_index: int, float_inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """All float32 outputs of op `op_index` fed with float inputs (see `Subgraph.run`).
-
-        Raises:
-            DataError: the number of inputs is not the number the op reads.
-        """
-        self._check_count(op_index, float_inputs)
-        return self._op(op_index).run(float_inputs)
-
-    def run(self, op_index: int, float_inputs: Sequence[np.ndarray]) -> np.ndarray:
-        """The first float32 output of op `op_index` fed with float inputs."""
-        return self.run_outputs(op_index, float_inputs)[0]
+    def _cut_op(self, op_index: int) -> Subgraph:
+        return Subgraph(self.model, [op_index], constants=self.constants.get(op_index), num_threads=self._threads)
 
 
 class Splice(SpliceBase):
