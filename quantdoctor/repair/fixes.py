@@ -44,7 +44,9 @@ def verify_fixes(diagnosis: Any, model: Any, data: Any, *, scheme: str | None = 
     ranked = rank_candidates(diagnosis, p.scheme, names)
     findings = list(diagnosis.findings)
     for i, f in enumerate(findings[:max_findings]):
-        if f.mechanism in NOT_FIXABLE or not f.positions:
+        if f.mechanism in NOT_FIXABLE or not f.positions or f.role == "context":
+            continue  # a symptom shown with its cause is not what to fix
+        if not f.verified and getattr(f.severity, "value", f.severity) == "info":
             continue
         cand = next((c for c in ranked if c.reason.startswith(f"finding {f.mechanism}")
                      and _targets(c.action, diagnosis, f, names) and p.builder.unsupported(c.action) is None), None)
