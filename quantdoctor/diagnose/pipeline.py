@@ -179,18 +179,10 @@ class _Run:
 
     def _check_scheme(self, runtime: str) -> None:
         """The scheme must belong to the model's runtime (checked before any heavy work)."""
-        from quantdoctor.errors import UserInputError
-        from quantdoctor.quantize.schemes import runtime_of_scheme
+        from quantdoctor.quantize.schemes import check_scheme_runtime
 
-        if self.cfg.scheme is None:
-            return
-        wanted = runtime_of_scheme(self.cfg.scheme)
-        if wanted != runtime:
-            hint = "an ort-* scheme" if runtime == "onnx" else "a TFLite scheme (int8, dynamic, ...)"
-            raise UserInputError(
-                f"scheme '{self.cfg.scheme}' quantizes {wanted.upper()} models but the model is a {runtime.upper()} "
-                f"model; use {hint} (see `quantdoctor schemes`)"
-            )
+        if self.cfg.scheme is not None:
+            check_scheme_runtime(self.cfg.scheme, runtime)
 
     def _float_model(self, source, keras_model, runtime, data) -> bytes:
         from quantdoctor.quantize.converter import convert

@@ -180,3 +180,20 @@ def needs_calibration(name: str) -> bool:
     from quantdoctor.quantize.onnxrt import ORT_SCHEMES
 
     return (SCHEMES if runtime_of_scheme(name) == "tflite" else ORT_SCHEMES).get(name).needs_calibration
+
+
+def check_scheme_runtime(scheme: str, runtime: str) -> None:
+    """Raise when scheme `scheme` does not quantize models of `runtime` ("tflite" or "onnx").
+
+    Raises:
+        UnknownNameError: no runtime knows the scheme.
+        UserInputError: the scheme belongs to the other runtime (the message names the right kind of scheme).
+    """
+    from quantdoctor.errors import UserInputError
+
+    wanted = runtime_of_scheme(scheme)
+    if wanted != runtime:
+        names = {"tflite": ("TFLite", "a TFLite"), "onnx": ("ONNX", "an ONNX")}
+        hint = "an ort-* scheme" if runtime == "onnx" else "a TFLite scheme (int8, dynamic, ...)"
+        raise UserInputError(f"scheme '{scheme}' quantizes {names[wanted][0]} models but the model is "
+                             f"{names[runtime][1]} model; use {hint} (see `quantdoctor schemes`)")

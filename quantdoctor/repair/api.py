@@ -186,13 +186,9 @@ def _read_quantized(path: str | Path, runtime: str) -> tuple[bytes, str]:
 
 def _check_scheme(scheme: str, runtime: str) -> None:
     """The scheme must quantize the model's runtime (checked before any heavy work)."""
-    from quantdoctor.quantize.schemes import runtime_of_scheme
+    from quantdoctor.quantize.schemes import check_scheme_runtime
 
-    wanted = runtime_of_scheme(scheme)
-    if wanted != runtime:
-        hint = "an ort-* scheme" if runtime == "onnx" else "a TFLite scheme (int8, dynamic, ...)"
-        raise UserInputError(f"scheme '{scheme}' quantizes {wanted.upper()} models but the model is a "
-                             f"{runtime.upper()} model; use {hint} (see `quantdoctor schemes`)")
+    check_scheme_runtime(scheme, runtime)
 
 
 def infer_scheme(model: bytes) -> str:

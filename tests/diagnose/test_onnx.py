@@ -65,7 +65,7 @@ def test_a_quantized_onnx_made_elsewhere_gives_the_same_numbers(files):
 
 
 def test_a_tflite_scheme_on_an_onnx_model_is_refused_before_any_work(files):
-    with pytest.raises(UserInputError, match="scheme 'int8' quantizes TFLITE models but the model is a ONNX model"):
+    with pytest.raises(UserInputError, match="scheme 'int8' quantizes TFLite models but the model is an ONNX model"):
         diagnose(files / "mlp.onnx", files / "data.npz", scheme="int8")
     with pytest.raises(UserInputError, match="unknown scheme 'ort-nope'"):
         diagnose(files / "mlp.onnx", files / "data.npz", scheme="ort-nope")

@@ -140,5 +140,5 @@ def test_quantized_onnx_gives_its_scheme_and_tflite_schemes_are_refused(files, t
     q.write_bytes(quantize_onnx(mlp_onnx(), "ort-qdq-int8", lambda: (x[i:i + 8] for i in range(0, 32, 8))))
     r = repair(files / "mlp.onnx", files / "data.npz", quantized=q, max_drop=5.0)
     assert r.scheme == "ort-qdq-int8" and r.budget_met and r.model == q.read_bytes()
-    with pytest.raises(UserInputError, match="quantizes TFLITE models but the model is a ONNX model"):
+    with pytest.raises(UserInputError, match="quantizes TFLite models but the model is an ONNX model"):
         repair(files / "mlp.onnx", files / "data.npz", scheme="int8")
