@@ -94,10 +94,9 @@ def test_output_error_shares_sum_to_one(int8, per_tensor):
     for d in (int8, per_tensor):
         shares = [l.output_error_share for l in d.layers if l.output_error_share is not None]
         assert sum(shares) == pytest.approx(1.0)
-    dw = next(l for l in per_tensor.layers if l.op_type == "DEPTHWISE_CONV_2D")
-    # The broken kernel's damage varies by run (its share 0.001 to 0.98 seen); when it destroys its output, the share
-    # says so.
-    assert dw.output_error_share > 0.1 or dw.isolated.sqnr_db > 15
+        assert all(v >= 0 for v in shares) and max(shares) > 0.1  # shares single out ops, not spread evenly
+    # (The broken depthwise kernel's own share varies by run, 0.001 to 0.98 seen: a proxy; the verified ranking is
+    # tested in test_hybrid_per_tensor_depthwise_is_a_kernel_defect.)
 
 
 def test_margins_match_a_direct_computation(tiny_model_path, tiny_npz):
