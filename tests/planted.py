@@ -134,3 +134,10 @@ def planted_data(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
 def shifted_calibration(n: int = 48) -> np.ndarray:
     """Calibration data that covers a fifth of the range the model meets."""
     return 0.2 * digits()[0][:n]
+
+
+def save_model(model, folder, name: str):
+    """Save a planted model as folder/name.keras and return the path."""
+    path = folder / f"{name}.keras"
+    model.save(path)
+    return path

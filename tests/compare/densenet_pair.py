@@ -169,17 +169,20 @@ RECIPES = (
 def train_pair(out_dir: Path, seed: int = 0) -> tuple[TrainedModel, TrainedModel]:
     """Train the 80- and the 200-class model; save each as .keras with an .npz of held-out composites."""
     pool = digit_pool(seed)
-    made = []
-    for r in RECIPES:
-        start = time.perf_counter()
-        x, y = make_split(r.num_classes, r.per_class, pool.train, seed=seed + 1)
-        model = build_densenet(r.num_classes, seed=seed)
-        train(model, x, y, r.epochs, seed=seed)
-        seconds = time.perf_counter() - start
-        xt, yt = make_split(r.num_classes, r.eval_per_class, pool.test, seed=seed + 2)
-        accuracy = float(np.mean(np.argmax(model.predict(xt, verbose=0, batch_size=256), axis=1) == yt))
-        model_path, data_path = out_dir / f"densenet{r.num_classes}.keras", out_dir / f"digits{r.num_classes}.npz"
-        model.save(model_path)
-        np.savez(data_path, x=xt, y=yt)
-        made.append(TrainedModel(r.num_classes, model_path, data_path, len(x), r.epochs, seconds, accuracy))
+    made = [train_one(r, pool, out_dir, seed)[0] for r in RECIPES]
     return made[0], made[1]
+
+
+def train_one(r: Recipe, pool: DigitPool, out_dir: Path, seed: int = 0):
+    """Train one recipe's model and save it with its held-out composites: (TrainedModel, the Keras model, held-out x)."""
+    start = time.perf_counter()
+    x, y = make_split(r.num_classes, r.per_class, pool.train, seed=seed + 1)
+    model = build_densenet(r.num_classes, seed=seed)
+    train(model, x, y, r.epochs, seed=seed)
+    seconds = time.perf_counter() - start
+    xt, yt = make_split(r.num_classes, r.eval_per_class, pool.test, seed=seed + 2)
+    accuracy = float(np.mean(np.argmax(model.predict(xt, verbose=0, batch_size=256), axis=1) == yt))
+    model_path, data_path = out_dir / f"densenet{r.num_classes}.keras", out_dir / f"digits{r.num_classes}.npz"
+    model.save(model_path)
+    np.savez(data_path, x=xt, y=yt)
+    return TrainedModel(r.num_classes, model_path, data_path, len(x), r.epochs, seconds, accuracy), model, xt

@@ -36,15 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.compare.densenet_pair import (
-    RECIPES,
-    DigitPool,
-    TrainedModel,
-    build_densenet,
-    digit_pool,
-    make_split,
-    train,
-)
+from tests.compare.densenet_pair import RECIPES, TrainedModel, digit_pool, train_one
 
 PLANTED_LAYER = "block1_2_conv2"
 PLANTED_FACTOR = 64.0
@@ -174,8 +166,8 @@ def planted_pair_full(
     out_dir.mkdir(parents=True, exist_ok=True)
     pool = digit_pool(seed)
     recipe_a, recipe_b = RECIPES  # the same recipes, seeds and order as train_pair: A and B are train_pair's models
-    a = _train_one(recipe_a, pool, out_dir, seed)[0] if train_a else None
-    b_unplanted, model, xt = _train_one(recipe_b, pool, out_dir, seed)
+    a = train_one(recipe_a, pool, out_dir, seed)[0] if train_a else None
+    b_unplanted, model, xt = train_one(recipe_b, pool, out_dir, seed)
     before = model.predict(xt, verbose=0, batch_size=256)
     start = time.perf_counter()
     p = plant(model, layer, factor)
@@ -190,21 +182,6 @@ def planted_pair_full(
     seconds = b_unplanted.train_seconds + time.perf_counter() - start
     b = replace(b_unplanted, model_path=planted_path, train_seconds=seconds)
     return PlantedPair(a, b, b_unplanted, replace(p, float_max_rel_diff=diff))
-
-
-def _train_one(r, pool: DigitPool, out_dir: Path, seed: int):
-    """train_pair's loop body: (TrainedModel, the Keras model, held-out x)."""
-    start = time.perf_counter()
-    x, y = make_split(r.num_classes, r.per_class, pool.train, seed=seed + 1)
-    model = build_densenet(r.num_classes, seed=seed)
-    train(model, x, y, r.epochs, seed=seed)
-    seconds = time.perf_counter() - start
-    xt, yt = make_split(r.num_classes, r.eval_per_class, pool.test, seed=seed + 2)
-    accuracy = float(np.mean(np.argmax(model.predict(xt, verbose=0, batch_size=256), axis=1) == yt))
-    model_path, data_path = out_dir / f"densenet{r.num_classes}.keras", out_dir / f"digits{r.num_classes}.npz"
-    model.save(model_path)
-    np.savez(data_path, x=xt, y=yt)
-    return TrainedModel(r.num_classes, model_path, data_path, len(x), r.epochs, seconds, accuracy), model, xt
 
 
 def _main(out_dir: str) -> None:

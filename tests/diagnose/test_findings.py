@@ -4,32 +4,17 @@ right mechanism; a healthy model gives no critical finding."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from quantdoctor import diagnose
 from quantdoctor.diagnose.findings import Severity
 from tests.planted import (
-    planted_data,
     planted_gamma_spread,
     planted_margins,
     planted_outlier,
     plain_model,
+    save_model,
     shifted_calibration,
 )
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("planted")
-    x, y = planted_data()
-    np.savez(folder / "data.npz", x=x, y=y)
-    return folder
-
-
-def _save(model, folder, name):
-    path = folder / f"{name}.keras"
-    model.save(path)
-    return path
 
 
 def _top(d):
@@ -38,13 +23,13 @@ def _top(d):
 
 
 def test_healthy_plain_model_has_no_critical_finding(data):
-    d = diagnose(_save(plain_model(), data, "healthy"), data / "data.npz", scheme="int8", calib_count=16)
+    d = diagnose(save_model(plain_model(), data, "healthy"), data / "data.npz", scheme="int8", calib_count=16)
     assert d.model.top1_agreement >= 0.9
     assert not [f for f in d.findings if f.severity is Severity.CRITICAL]
 
 
 def test_activation_channel_times_100_is_found_as_activation_outliers(data):
-    d = diagnose(_save(planted_outlier(), data, "outlier"), data / "data.npz", scheme="int8", calib_count=16)
+    d = diagnose(save_model(planted_outlier(), data, "outlier"), data / "data.npz", scheme="int8", calib_count=16)
     top = _top(d)
     assert top.mechanism == "activation_outliers"
     assert top.layers[0] == "c2_relu"
@@ -52,7 +37,7 @@ def test_activation_channel_times_100_is_found_as_activation_outliers(data):
 
 
 def test_bn_gamma_spread_under_per_tensor_weights_is_found_as_weight_range_disparity(data):
-    d = diagnose(_save(planted_gamma_spread(), data, "gamma"), data / "data.npz", scheme="dynamic-per-tensor")
+    d = diagnose(save_model(planted_gamma_spread(), data, "gamma"), data / "data.npz", scheme="dynamic-per-tensor")
     top = _top(d)
     assert top.mechanism == "weight_range_disparity"
     assert top.layers == ("proj_bn",)
@@ -63,7 +48,7 @@ def test_bn_gamma_spread_under_per_tensor_weights_is_found_as_weight_range_dispa
 def test_calibration_on_shifted_data_is_found_as_clipping(data):
     np.save(data / "shifted.npy", shifted_calibration())
     d = diagnose(
-        _save(plain_model(), data, "calib"), data / "data.npz", scheme="int8", calib=str(data / "shifted.npy")
+        save_model(plain_model(), data, "calib"), data / "data.npz", scheme="int8", calib=str(data / "shifted.npy")
     )
     top = _top(d)
     assert top.mechanism == "calibration_clipping"
@@ -73,7 +58,7 @@ def test_calibration_on_shifted_data_is_found_as_clipping(data):
 
 
 def test_tiny_logit_margins_are_found_as_output_margins(data):
-    d = diagnose(_save(planted_margins(), data, "margins"), data / "data.npz", scheme="int8", calib_count=16)
+    d = diagnose(save_model(planted_margins(), data, "margins"), data / "data.npz", scheme="int8", calib_count=16)
     top = _top(d)
     assert top.mechanism == "output_margins"
     assert top.layers == ("logits",)

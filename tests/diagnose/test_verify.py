@@ -10,21 +10,7 @@ import pytest
 
 from quantdoctor import diagnose
 from quantdoctor.diagnose.findings import Severity
-from tests.planted import planted_data, planted_gamma_spread, planted_margins, planted_outlier, plain_model
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("verify")
-    x, y = planted_data()
-    np.savez(folder / "data.npz", x=x, y=y)
-    return folder
-
-
-def _save(model, folder, name):
-    path = folder / f"{name}.keras"
-    model.save(path)
-    return path
+from tests.planted import planted_gamma_spread, planted_margins, planted_outlier, plain_model, save_model
 
 
 # "dynamic" (per-channel): the per-tensor hybrid depthwise kernel of this model gives different output every run.
@@ -66,7 +52,7 @@ def test_every_op_exact_is_the_float_model_and_no_op_exact_is_the_quantized_mode
 
 
 def test_bn_gamma_spread_is_the_verified_cause_and_the_margins_are_context(data):
-    d = diagnose(_save(planted_gamma_spread(), data, "gamma"), data / "data.npz", scheme="dynamic-per-tensor")
+    d = diagnose(save_model(planted_gamma_spread(), data, "gamma"), data / "data.npz", scheme="dynamic-per-tensor")
     top = d.findings[0]
     assert top.mechanism == "weight_range_disparity" and top.layers == ("proj_bn",)
     assert top.verified and top.role == "cause" and top.severity is Severity.CRITICAL
@@ -82,7 +68,7 @@ def test_bn_gamma_spread_is_the_verified_cause_and_the_margins_are_context(data)
 
 
 def test_activation_outlier_is_verified_as_the_pair_around_the_crushed_grid(data):
-    d = diagnose(_save(planted_outlier(1000.0), data, "outlier"), data / "data.npz", scheme="int8", calib_count=16)
+    d = diagnose(save_model(planted_outlier(1000.0), data, "outlier"), data / "data.npz", scheme="int8", calib_count=16)
     top = d.findings[0]
     assert top.mechanism == "activation_outliers" and top.verified and top.check.recovery >= 0.9
     # neither op alone recovers: the loss sits in the int8 grid between them, which only both in float remove
@@ -91,21 +77,21 @@ def test_activation_outlier_is_verified_as_the_pair_around_the_crushed_grid(data
 
 
 def test_tiny_margins_are_verified_at_the_head(data):
-    d = diagnose(_save(planted_margins(), data, "margins"), data / "data.npz", scheme="int8", calib_count=16)
+    d = diagnose(save_model(planted_margins(), data, "margins"), data / "data.npz", scheme="int8", calib_count=16)
     top = d.findings[0]
     assert top.mechanism == "output_margins" and top.verified and top.role == "cause"
     assert top.check.recovery >= 0.9
 
 
 def test_healthy_model_has_no_verified_cause(data):
-    d = diagnose(_save(plain_model(), data, "healthy"), data / "data.npz", scheme="int8", calib_count=16)
+    d = diagnose(save_model(plain_model(), data, "healthy"), data / "data.npz", scheme="int8", calib_count=16)
     assert d.verification is not None and d.verification.causes == ()
     assert not any(f.verified for f in d.findings)
     assert not [f for f in d.findings if f.severity is Severity.CRITICAL]
 
 
 def test_no_verify_skips_the_counterfactuals(data):
-    d = diagnose(_save(planted_gamma_spread(), data, "gamma2"), data / "data.npz", scheme="dynamic-per-tensor",
+    d = diagnose(save_model(planted_gamma_spread(), data, "gamma2"), data / "data.npz", scheme="dynamic-per-tensor",
                  verify=False)
     assert d.verification is None and not any(f.verified for f in d.findings)
 
@@ -114,7 +100,7 @@ def test_the_top_findings_fix_is_built_for_real_and_measured(data):
     """--verify-fixes: the planted gamma spread's fix (per-channel weights for proj_bn) built by the quantizer."""
     from quantdoctor.repair.fixes import verify_fixes
 
-    path = _save(planted_gamma_spread(), data, "gamma_fix")
+    path = save_model(planted_gamma_spread(), data, "gamma_fix")
     d = diagnose(path, data / "data.npz", scheme="dynamic-per-tensor")
     d = verify_fixes(d, path, data / "data.npz", scheme="dynamic-per-tensor")
     fix = d.findings[0].fix_check

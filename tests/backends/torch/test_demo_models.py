@@ -20,18 +20,10 @@ from quantdoctor.errors import ModelLoadError  # noqa: E402
 
 
 def _photo(path) -> np.ndarray:
-    """Resize the short side to 256, centre-crop 224, (x - 127) / 128: NHWC float32 (as the Keras port's tests)."""
-    from PIL import Image
+    """The model's documented input, NHWC float32, made as the Keras port's tests make it."""
+    from tests.demo.test_efficientnet_lite0 import _preprocess
 
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        w, h = image.size
-        scale = 256 / min(w, h)
-        image = image.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
-        w, h = image.size
-        left, top = (w - 224) // 2, (h - 224) // 2
-        crop = image.crop((left, top, left + 224, top + 224))
-    return (np.asarray(crop, dtype=np.float32) - 127.0) / 128.0
+    return _preprocess(path)
 
 
 @pytest.fixture(scope="module")
