@@ -40,7 +40,7 @@ def write_outputs(diagnosis: Diagnosis, out_dir: str | os.PathLike[str]) -> dict
     for repro in diagnosis.repros:
         folder = out / "repro" / f"op_{repro.op_index}_{repro.op_type.lower()}"
         if repro.runtime == "onnx":  # the op with its QDQ neighbourhood: ORT's fused kernel vs onnx.reference
-            from quantdoctor.backends.onnx.reference import write_repro as write_onnx_repro
+            from quantdoctor.backends.onnx.repro import write_repro as write_onnx_repro
 
             write_onnx_repro(repro.model, repro.op_index, list(repro.inputs), folder)
         else:

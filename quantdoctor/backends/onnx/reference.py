@@ -10,7 +10,7 @@ steps (onnxruntime issue #32132). This module measures that drift op by op:
   (`OptimizedOpRunner`), so ORT fuses it the way it would in the deployed model;
 - expected: the same cut evaluated by `onnx.reference.ReferenceEvaluator` (`ReferenceOpRunner`), the numpy oracle of
   the ONNX standard;
-- `kernel_deviation` compares the two in output quantization steps; `write_repro` writes a one-op reproduction.
+- `kernel_deviation` compares the two in output quantization steps; `repro.write_repro` writes a one-op reproduction.
 
 The neighbourhood of op X (`neighbourhood`) is X, the weight-unpacking DequantizeLinear nodes it reads, for each
 activation input the DequantizeLinear feeding X *and the QuantizeLinear feeding that DequantizeLinear*, and the
@@ -35,13 +35,11 @@ semantics for integer inputs), and the README of a reproduction carries the same
 
 from __future__ import annotations
 
-import io as _io
 import math
 import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,12 +50,12 @@ from quantdoctor.backends.onnx.subgraph import (
 )
 from quantdoctor.errors import DataError, ModelLoadError, UserInputError
 
-__all__ = ["Neighbourhood", "OptimizedOpRunner", "ReferenceOpRunner", "kernel_deviation", "neighbourhood",
-           "write_repro"]
+__all__ = ["LEVELS", "Neighbourhood", "OptimizedOpRunner", "ReferenceOpRunner", "kernel_deviation",
+           "missing_reference_ops", "neighbourhood"]
 
 # nodes of an optimized cut that are not the op's kernel: the boundary conversions and layout changes (NHWC / NCHWc)
 _NOT_KERNEL = frozenset({"QuantizeLinear", "DequantizeLinear", "Transpose", "ReorderInput", "ReorderOutput"})
-_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
            "all": "ORT_ENABLE_ALL"}
 
 
@@ -212,8 +210,8 @@ class OptimizedOpRunner(_CutRunner):
     def __init__(self, model: bytes, graph: Graph | None = None, *, level: str = "all",
                  constants: dict[int, dict[int, np.ndarray]] | None = None, num_threads: int | None = None) -> None:
         super().__init__(model, graph, constants)
-        if level not in _LEVELS:
-            raise UserInputError(f"unknown optimization level {level!r}; use one of {', '.join(_LEVELS)}")
+        if level not in LEVELS:
+            raise UserInputError(f"unknown optimization level {level!r}; use one of {', '.join(LEVELS)}")
         self.level = level
         self._threads = num_threads
         self._sessions: dict[int, Any] = {}
@@ -228,7 +226,7 @@ class OptimizedOpRunner(_CutRunner):
             from quantdoctor.backends.onnx.loader import session_options
 
             opts = session_options(self._threads, optimize=self.level != "disabled")
-            opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[self.level])
+            opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[self.level])
             with tempfile.TemporaryDirectory(prefix="quantdoctor-ort-") as tmp:
                 path = os.path.join(tmp, "optimized.onnx")
                 opts.optimized_model_filepath = path
@@ -278,7 +276,7 @@ class ReferenceOpRunner(_CutRunner):
             from onnx.reference import ReferenceEvaluator
 
             try:
-                self._evaluators[op] = ReferenceEvaluator(self.cut(op), new_ops=_missing_reference_ops(self.cut(op)))
+                self._evaluators[op] = ReferenceEvaluator(self.cut(op), new_ops=missing_reference_ops(self.cut(op)))
             except Exception as exc:
                 text = str(exc).strip().splitlines()
                 raise ModelLoadError(f"onnx.reference cannot evaluate op {op} with its QDQ neighbourhood: "
@@ -290,7 +288,7 @@ class ReferenceOpRunner(_CutRunner):
         return [np.asarray(v) for v in ev.run(None, dict(zip(ev.input_names, arrays, strict=True)))]
 
 
-def _missing_reference_ops(model: bytes) -> list[type] | None:
+def missing_reference_ops(model: bytes) -> list[type] | None:
     """Implementations onnx.reference lacks for the cut's opset: onnx 1.23 registers DequantizeLinear from opset 19
     only, so a model of opset 13-18 gets the opset-19 kernel (the same semantics for the integer types of those
     opsets: (x − zero_point) × scale, per tensor or along `axis`)."""
@@ -391,107 +389,4 @@ def kernel_deviation(model: bytes, graph: Graph | None, op: int, float_inputs: S
         "level": getattr(obs_runner, "level", ""), "tolerance_steps": float(tolerance_steps),
         "kernel_defect": bool(defect),
     })
-    return result
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buf = _io.BytesIO()
-    np.save(buf, np.asarray(array), allow_pickle=False)
-    return buf.getvalue()
-
-
-_README = """\
-One-op reproduction written by quantdoctor: op {op} ({op_type}) of the model, with its QDQ neighbourhood
-(QuantizeLinear -> DequantizeLinear -> {op_type} -> QuantizeLinear -> DequantizeLinear, weights as stored).
-
-ONNX Runtime {ort_version} with graph optimizations ({level}) runs it as: {kernels}
-The QDQ semantics, evaluated by onnx.reference (onnx {onnx_version}), differ from it by
-  max {max_steps} output step(s) (scale {scale}), {mismatch} of {elements} outputs off, SQNR {sqnr} dB.
-
-Files: cut.onnx (the model), {inputs} (the inputs, float values already on their integer grids),
-expected.npy (onnx.reference) and observed.npy (onnxruntime, optimized) as this machine computed them.
-
-Reproduce (python, in this folder):
-
-    import numpy as np, onnx, onnxruntime as ort
-    from onnx.reference import ReferenceEvaluator
-
-    feeds = {feeds}
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.{ort_level}
-    observed = ort.InferenceSession("cut.onnx", options, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-{shim}    expected = ReferenceEvaluator("cut.onnx"{new_ops}).run(None, feeds)[0]
-    print("max deviation:", np.abs(observed - expected).max() / {scale_expr}, "output steps")
-
-observed.npy comes from the session that measured the deviation (its cut may carry replaced constants); cut.onnx is
-the model's own op. With ORT_DISABLE_ALL instead, ONNX Runtime runs the graph as written (float ops on dequantized
-values).
-"""
-
-
-_SHIM = """\
-    # onnx 1.23's reference registers DequantizeLinear from opset 19 on; for integer types opset 13's is the same
-    from onnx.reference.ops.op_dequantize_linear import DequantizeLinear_19
-
-    class DequantizeLinear(DequantizeLinear_19):
-        op_domain = ""
-
-        def _run(self, x, scale, zero_point=None, axis=1, **later):
-            return DequantizeLinear_19._run(self, x, scale, zero_point, axis=axis)
-
-"""
-
-
-def write_repro(model: bytes, op: int, inputs: Sequence[np.ndarray], out_dir: str | os.PathLike[str], *,
-                graph: Graph | None = None, observed: OptimizedOpRunner | None = None,
-                expected: ReferenceOpRunner | None = None) -> dict[str, Any]:
-    """Write a one-op reproduction of op `op` into `out_dir` (each file atomically): cut.onnx (the neighbourhood cut,
-    as the model holds it: `expected`'s constants), input_<k>.npy (the feeds, inputs put on their grids), expected.npy,
-    observed.npy and README.txt (how to rerun with onnxruntime optimized vs onnx.reference, with the numbers).
-
-    Returns:
-        `kernel_deviation`'s result plus "files" (paths written) and "feeds" (input name → file name).
-    """
-    from quantdoctor.files import atomic_write_bytes, atomic_write_text
-
-    data = bytes(model)
-    obs_runner = observed or OptimizedOpRunner(data, graph)
-    ref_runner = expected or ReferenceOpRunner(data, graph)
-    result = kernel_deviation(data, graph, op, inputs, observed=obs_runner, expected=ref_runner)
-    cut = ref_runner.cut(op)
-    feeds = ref_runner.feeds(op, inputs)
-    names = [obs_runner.graph.tensors[t].name for t in obs_runner.io(op).inputs]
-    out = Path(out_dir)
-    files = [atomic_write_bytes(out / "cut.onnx", cut)]
-    feed_files = {}
-    for k, (name, arr) in enumerate(zip(names, feeds, strict=True)):
-        feed_files[name] = f"input_{k}.npy"
-        files.append(atomic_write_bytes(out / f"input_{k}.npy", _npy(arr)))
-    files.append(atomic_write_bytes(out / "expected.npy", _npy(ref_runner.run(op, inputs))))
-    files.append(atomic_write_bytes(out / "observed.npy", _npy(obs_runner.run(op, inputs))))
-
-    import onnx
-    import onnxruntime as ort
-
-    scale = result["scale"]
-    per_tensor = isinstance(scale, float)
-    level = getattr(obs_runner, "level", "all")
-    text = _README.format(
-        op=op, op_type=result["op_type"], ort_version=ort.__version__, onnx_version=onnx.__version__,
-        level=level, kernels=" -> ".join(result["kernels"]) or "(unknown)",
-        max_steps="n/a" if result["max_steps"] is None else f"{result['max_steps']:.3g}",
-        scale=scale if per_tensor else "per channel" if scale else "none",
-        mismatch="n/a" if result["mismatch_fraction"] is None else round(result["mismatch_fraction"] *
-                                                                         result["elements"]),
-        elements=result["elements"], sqnr=f"{result['sqnr_db']:.1f}",
-        inputs=", ".join(feed_files.values()),
-        feeds="{" + ", ".join(f"{n!r}: np.load({f!r})" for n, f in feed_files.items()) + "}",
-        ort_level=_LEVELS.get(level, "ORT_ENABLE_ALL"),
-        shim=_SHIM if _missing_reference_ops(cut) else "", new_ops=", new_ops=[DequantizeLinear]" if
-        _missing_reference_ops(cut) else "",
-        scale_expr=repr(scale) if per_tensor else "1.0",
-    )
-    files.append(atomic_write_text(out / "README.txt", text))
-    result["files"] = [str(f) for f in files]
-    result["feeds"] = feed_files
     return result

@@ -12,8 +12,9 @@ import pytest
 
 from quantdoctor.backends.onnx.graph import tensor_ids
 from quantdoctor.backends.onnx.reference import (
-    OptimizedOpRunner, ReferenceOpRunner, kernel_deviation, neighbourhood, write_repro,
+    OptimizedOpRunner, ReferenceOpRunner, kernel_deviation, neighbourhood,
 )
+from quantdoctor.backends.onnx.repro import write_repro
 from quantdoctor.backends.onnx.runner import OnnxRunner
 from quantdoctor.errors import DataError, UserInputError
 from tests.backends.onnx.models import MODELS, STATIC_SCHEMES, quantized, sample_input
