@@ -83,6 +83,11 @@ def convert(
         )
     if isinstance(source, ModelSource) and source.kind == "tflite":
         return _from_tflite(source, scheme, calibration)
+    if spec is not None and spec.via_recipe:
+        # No converter setting makes this layout (toco-1x): convert to float, then apply the scheme's recipe.
+        from quantdoctor.quantize.recipes import quantize_tflite
+
+        return quantize_tflite(convert(source, None), scheme, calibration)
 
     quiet_tensorflow_logging()
     import tensorflow as tf

@@ -12,6 +12,7 @@ which of its recipes stands for which scheme:
 | int8-per-tensor | static_wi8_ai8 | weight granularity TENSORWISE, float input and output |
 | int16x8 | static_wi8_ai16 | float input and output |
 | float16 | weight-only float_casting to 16 bits | none; biases stay float32 (the TF converter makes them float16 too) |
+| toco-1x | built here (TOCO_1X_RECIPE) | per-op rules: dynamic int8 per-tensor on CONV_2D/FULLY_CONNECTED/EMBEDDING_LOOKUP, asymmetric int8 per-tensor weight-only with explicit DEQUANTIZE on DEPTHWISE_CONV_2D, 1024+ elements |
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ from quantdoctor.quantize.converter import (
 from quantdoctor.quantize.schemes import SCHEMES
 
 FLOAT16_RECIPE = "weight_only_wf16_afp32"
+TOCO_1X_RECIPE = "toco_1x"
+
+# TF 1.12/1.13 tensorflow/lite/tools/optimize/quantize_weights.cc: ops with a hybrid kernel (IsHybridEvaluationOp) get
+# symmetric per-tensor 8-bit weights; other ops with weights (GetWeightInputIndices) get asymmetric min/max 8-bit
+# weights behind a DEQUANTIZE op. Only these op types exist in both that tool and ai-edge-quantizer's policy.
+TOCO_1X_HYBRID_OPS = ("CONV_2D", "FULLY_CONNECTED", "EMBEDDING_LOOKUP")
+TOCO_1X_DEQUANTIZE_OPS = ("DEPTHWISE_CONV_2D",)
+TOCO_1X_MIN_ELEMENTS = 1024  # kWeightsMinNumElementsDefault
 
 
 @dataclass(frozen=True)
@@ -43,8 +52,8 @@ class RecipeChoice:
     """How one scheme is expressed as an ai-edge-quantizer recipe.
 
     Attributes:
-        recipe: name of a function in `ai_edge_quantizer.recipe`, or FLOAT16_RECIPE (built here: the package
-            has no helper for float16 weights).
+        recipe: name of a function in `ai_edge_quantizer.recipe`, or FLOAT16_RECIPE / TOCO_1X_RECIPE (built
+            here: the package has no helper for them).
         weight_granularity: "CHANNELWISE" or "TENSORWISE", written into every rule's weight config.
         float_io: add rules that leave the model's input and output tensors in float32.
     """
@@ -62,6 +71,7 @@ RECIPES: dict[str, RecipeChoice] = {
     "int8-per-tensor": RecipeChoice("static_wi8_ai8", weight_granularity="TENSORWISE", float_io=True),
     "int16x8": RecipeChoice("static_wi8_ai16", float_io=True),
     "float16": RecipeChoice(FLOAT16_RECIPE),
+    "toco-1x": RecipeChoice(TOCO_1X_RECIPE, weight_granularity="TENSORWISE"),
 }
 
 
@@ -146,9 +156,31 @@ def _base_recipe(name: str) -> Any:
             algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING,
         )
         return manager.get_quantization_recipe()
+    if name == TOCO_1X_RECIPE:
+        return _toco_1x_recipe()
     from ai_edge_quantizer import recipe
 
     return getattr(recipe, name)()
+
+
+def _toco_1x_recipe() -> list[dict]:
+    """One rule per op type: hybrid (dynamic-range) int8 for the ops TF 1.x ran as hybrid kernels, weight-only with an
+    explicit DEQUANTIZE for the others; ops of neither group stay float, as in TF 1.x."""
+
+    def rule(op: str, symmetric: bool, hybrid: bool) -> dict:
+        weights = {"num_bits": 8, "symmetric": symmetric, "granularity": "TENSORWISE", "dtype": "INT", "block_size": 0}
+        config = {
+            "weight_tensor_config": weights,
+            "compute_precision": "INTEGER" if hybrid else "FLOAT",
+            "explicit_dequantize": not hybrid,
+            "skip_checks": False,
+            "min_weight_elements": TOCO_1X_MIN_ELEMENTS,
+        }
+        return {"regex": ".*", "operation": op, "algorithm_key": "min_max_uniform_quantize", "op_config": config}
+
+    return [rule(op, True, True) for op in TOCO_1X_HYBRID_OPS] + [
+        rule(op, False, False) for op in TOCO_1X_DEQUANTIZE_OPS
+    ]
 
 
 def _read_float_model(tflite_bytes: bytes) -> Any:

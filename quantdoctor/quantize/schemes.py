@@ -1,7 +1,9 @@
 """The post-training quantization schemes quantdoctor can apply, each a set of TFLite converter settings.
 
 The structured fields (`supported_ops`, `per_channel`, ...) are what `quantize.converter` applies; the human-readable
-`converter_settings` text is rendered from them, so the README table cannot drift from what the code does.
+`converter_settings` text is rendered from them, so the README table cannot drift from what the code does. A scheme
+that no converter setting reproduces (`via_recipe`, e.g. `toco-1x`) is a float conversion followed by its
+ai-edge-quantizer recipe in `quantize.recipes`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class Scheme:
         supported_types: names of `tf` dtypes for `target_spec.supported_types` (float16 weights).
         per_channel: False sets `converter._experimental_disable_per_channel = True`.
         io_type: name of a `tf` dtype for `inference_input_type`/`inference_output_type`, if not float.
+        via_recipe: no converter setting makes this layout: convert to float, then apply the scheme's
+            ai-edge-quantizer recipe (`quantize.recipes.RECIPES`), for Keras/SavedModel sources too.
     """
 
     name: str
@@ -36,10 +40,13 @@ class Scheme:
     supported_types: tuple[str, ...] = ()
     per_channel: bool = True
     io_type: str | None = None
+    via_recipe: bool = False
 
     @property
     def converter_settings(self) -> str:
         """The `tf.lite.TFLiteConverter` settings of this scheme, as one line of text."""
+        if self.via_recipe:
+            return f"none: float conversion, then the ai-edge-quantizer recipe RECIPES['{self.name}']"
         parts = ["optimizations=[DEFAULT]"]
         if self.needs_calibration:
             parts.append("representative_dataset")
@@ -134,6 +141,17 @@ for _scheme in (
         activations="float32",
         io="float32",
         supported_types=("float16",),
+    ),
+    Scheme(
+        name="toco-1x",
+        summary="TF 1.12-1.13 post_training_quantize layout: hybrid CONV_2D/FULLY_CONNECTED, depthwise weights "
+        "behind DEQUANTIZE (README: The TOCO 1.x scheme)",
+        needs_calibration=False,
+        weights="int8 symmetric per-tensor (CONV_2D, FULLY_CONNECTED, EMBEDDING_LOOKUP); asymmetric 8-bit per-tensor "
+        "behind DEQUANTIZE (DEPTHWISE_CONV_2D); tensors of 1024+ elements",
+        activations="float32; CONV_2D/FULLY_CONNECTED quantize theirs at run time",
+        io="float32",
+        via_recipe=True,
     ),
 ):
     SCHEMES.add(_scheme.name, _scheme)

@@ -10,7 +10,7 @@ import pytest
 from quantdoctor.errors import UnknownNameError
 from quantdoctor.quantize.schemes import SCHEMES, Scheme, scheme_table_markdown
 
-NAMES = ["dynamic", "dynamic-per-tensor", "int8", "int8-io", "int8-per-tensor", "int16x8", "float16"]
+NAMES = ["dynamic", "dynamic-per-tensor", "int8", "int8-io", "int8-per-tensor", "int16x8", "float16", "toco-1x"]
 
 
 def test_registry_holds_exactly_the_schemes():
@@ -45,6 +45,7 @@ def test_calibration_is_needed_by_the_static_schemes_only():
             "supported_ops=[EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]",
         ),
         ("float16", "optimizations=[DEFAULT], supported_types=[tf.float16]"),
+        ("toco-1x", "none: float conversion, then the ai-edge-quantizer recipe RECIPES['toco-1x']"),
     ],
 )
 def test_converter_settings_text(name, settings):
@@ -68,6 +69,7 @@ def test_scheme_is_frozen_and_serialises():
     assert data["converter_settings"] == scheme.converter_settings
     assert Scheme.from_dict(data) == scheme
     assert Scheme.from_dict(SCHEMES.get("float16").to_dict()).supported_types == ("float16",)
+    assert Scheme.from_dict(SCHEMES.get("toco-1x").to_dict()).via_recipe
 
 
 def test_unknown_scheme_lists_the_known_ones():
