@@ -25,3 +25,7 @@ class ModelLoadError(UserInputError):
 
 class UnknownNameError(UserInputError):
     """A name (scheme, preset, metric, ...) that is not registered."""
+
+
+class UsageError(UserInputError):
+    """A command line that does not parse: unknown or missing options, values of the wrong type or out of range."""

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from typing import Iterator
 
 
 class Progress:
-    """Rich progress bars on stderr when enabled; records how long each step took either way."""
+    """Rich progress bars on stderr when enabled and stderr is a terminal; records how long each step took either way.
+
+    A log file or a pipe gets no bars (they would land there as stray lines before an error message).
+    """
 
     def __init__(self, enabled: bool = False) -> None:
-        self.enabled = enabled
+        self.enabled = enabled and sys.stderr.isatty()
         self.seconds: dict[str, float] = {}
         self._progress = None
 
@@ -33,6 +37,8 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
+            if exc[0] is not None:  # a failed run: take the bars off the screen so its error line stands alone
+                self._progress.live.transient = True
             self._progress.__exit__(*exc)
             self._progress = None
 

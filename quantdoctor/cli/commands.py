@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from quantdoctor.cli.checks import check_output_dir
+
 DEMO_SCHEMES = ("dynamic-per-tensor", "dynamic")
 ONNX_DEMO_SCHEMES = ("ort-qdq-int8-per-tensor", "ort-qdq-int8")
 ONNX_DEMO_CALIB = 40  # photos that calibrate the static ORT schemes (excluded from evaluation)
@@ -45,8 +47,14 @@ def run_diagnose(args: argparse.Namespace) -> int:
     from quantdoctor.report.terminal import render
     from quantdoctor.report.write import write_outputs
 
+    inputs = _inputs(args)
     if args.out:
-        _check_out_dir(Path(args.out))
+        check_output_dir(args.out, "--out", inputs, ("report.json", "report.html"))
+    if getattr(args, "model_explorer", None):
+        from quantdoctor.report.model_explorer import METRICS
+
+        writes = (*(m.file for m in METRICS.values()), "README.txt")
+        check_output_dir(args.model_explorer, "--model-explorer", inputs, writes)
     diag = diagnose(args.model, args.data, config=_config(args), progress=not args.no_progress and not args.json)
     if getattr(args, "verify_fixes", False) and diag.findings:
         from quantdoctor.repair.fixes import verify_fixes
@@ -104,8 +112,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from quantdoctor.report.terminal import render
     from quantdoctor.report.write import write_outputs
 
-    out = Path(args.out)
-    _check_out_dir(out)
+    out = check_output_dir(args.out, "--out", (), ("report.json", "report.html"))
     if getattr(args, "runtime", "tflite") == "onnx":
         return _run_onnx_demo(args, out)
     console = _console(args.width)
@@ -194,8 +201,8 @@ def _run_onnx_demo(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
-def _check_out_dir(out: Path) -> None:
-    from quantdoctor.errors import UserInputError
-
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
+def _inputs(args: argparse.Namespace) -> list:
+    """Every file or folder the command reads, so that no output lands on one of them."""
+    names = ("model", "model_a", "model_b", "data", "data_b", "calib", "quantized", "quantized_a", "quantized_b")
+    paths = [getattr(args, n, None) for n in names]
+    return [getattr(p, "path", p) for p in paths if p is not None]  # a ModelSource stands for its path

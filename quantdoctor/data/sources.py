@@ -181,6 +181,7 @@ def open_array_file(path: Path, input_shape: InputShape) -> ArraySource:
         DataError: the file cannot be read, has no `x`, or does not fit the model.
     """
     y = None
+    _check_array_header(path)
     try:
         if path.suffix.lower() == ".npy":
             x = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -190,6 +191,29 @@ def open_array_file(path: Path, input_shape: InputShape) -> ArraySource:
         # Object arrays land here too: allow_pickle=False refuses them, as it must for files a user hands us.
         raise DataError(f"cannot read {path}: {exc}; save plain numeric arrays with np.save/np.savez") from None
     return ArraySource(x, y, input_shape, path.name, where=str(path))
+
+
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (and of each array inside an .npz zip)
+
+
+def _check_array_header(path: Path) -> None:
+    """Refuse an empty or foreign file by its first bytes, before NumPy guesses it is a pickle.
+
+    Raises:
+        DataError: the file is empty, or is neither a zip archive (.npz) nor a .npy file.
+    """
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise DataError(f"cannot read data file {path}: {exc.strerror}") from None
+    if not head:
+        raise DataError(f"data file {path} is empty (0 bytes); save the samples with numpy.savez(path, x=samples)")
+    if head.startswith(NPY_MAGIC) or (path.suffix.lower() != ".npy" and zipfile.is_zipfile(path)):
+        return
+    kind, save = (".npy", "numpy.save(path, samples)") if path.suffix.lower() == ".npy" else (
+        ".npz", "numpy.savez(path, x=samples, y=labels)")
+    raise DataError(f"{path} is not a NumPy {kind} file (truncated, damaged or another format); save the data with {save}")
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:

@@ -31,6 +31,8 @@ class DiagnoseConfig:
         verify: prove the findings with counterfactuals at the output (ops made exact by splicing in the float
             model's values) and locate the ops that carry the loss by group testing; needs `explain`.
         verify_samples: evaluated samples the counterfactuals run on (the first ones).
+        force: diagnose a `quantized` model even when its weights say it was made from another float model; the
+            mismatch is then the first finding, critical.
     """
 
     scheme: str | None = None
@@ -48,6 +50,7 @@ class DiagnoseConfig:
     explain_samples: int = 16
     verify: bool = True
     verify_samples: int = 256
+    force: bool = False
     version: int = 1
 
     def __post_init__(self) -> None:

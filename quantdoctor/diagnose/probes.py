@@ -223,7 +223,7 @@ class Probes:
 
     def _dequantized_weights(self, quant_runner) -> dict[int, dict[int, np.ndarray]]:
         """For each probed weighted op: its float weight tensor → the quantized model's dequantized weights."""
-        from quantdoctor.diagnose.weights import _read_weights, _stored_tensor
+        from quantdoctor.diagnose.weights import read_weights, _stored_tensor
 
         out: dict[int, dict[int, np.ndarray]] = {}
         for p in self.ops:
@@ -233,7 +233,7 @@ class Probes:
             f_w, q_w = _stored_tensor(self.fg, f_op), _stored_tensor(self.qg, q_op)
             if f_w is None or q_w is None or f_w.dtype != "float32" or q_w.dtype not in ("int8", "uint8", "int16"):
                 continue
-            weights = _read_weights(quant_runner.constant, self.qg, q_op)
+            weights = read_weights(quant_runner.constant, self.qg, q_op)
             if weights is not None and weights.actual.shape == tuple(f_w.shape):
                 out[f_op.index] = {f_w.index: weights.actual.astype(np.float32)}
         return out

@@ -54,7 +54,7 @@ def analyze_weights(float_model: bytes, quant_model: bytes) -> tuple[WeightRepor
     pairs = pair_weighted_ops(fg, qg)
     reports = []
     for op in q_ops:
-        weights = _read_weights(q_interp.get_tensor, qg, op)
+        weights = read_weights(q_interp.get_tensor, qg, op)
         if weights is None:
             reports.append(_unreadable(op, qg, "weights are computed at run time, not stored; not analysed"))
             continue
@@ -63,7 +63,7 @@ def analyze_weights(float_model: bytes, quant_model: bytes) -> tuple[WeightRepor
         float_weights, match = None, ""
         if op.index in pairs:
             f_op, method = pairs[op.index]
-            f_read = _read_weights(f_interp.get_tensor, fg, f_op)
+            f_read = read_weights(f_interp.get_tensor, fg, f_op)
             if f_read is not None and f_read.actual.shape == weights.actual.shape:
                 float_weights, match = f_read.actual, method.value
         if float_weights is None:
@@ -111,7 +111,7 @@ def _stored_tensor(g: Graph, op: OpInfo) -> TensorInfo | None:
     return w if w.is_constant else None
 
 
-def _read_weights(constant, g: Graph, op: OpInfo) -> _Weights | None:
+def read_weights(constant, g: Graph, op: OpInfo) -> _Weights | None:
     """The op's weights as stored and as computed with; None when they are not a constant.
 
     `constant(index)` returns a constant tensor as stored (`Runner.constant`, or a LiteRT interpreter's `get_tensor`).

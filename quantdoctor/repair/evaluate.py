@@ -19,7 +19,7 @@ import numpy as np
 
 from quantdoctor.errors import DataError, UserInputError
 from quantdoctor.registry import Registry
-from quantdoctor.stats.classification import ClassificationAccumulator, ModelMetrics
+from quantdoctor.stats.classification import ClassificationAccumulator, ModelMetrics, require_class_scores
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,7 @@ class Evaluator:
         runner = runner_for(runtime, float_model, batch_size)
         self.x_batches = [(x, idx) for x, idx in dataset.batches(batch_size)]  # preprocessed once, reused every pass
         self.float_out = np.concatenate([runner.run(x) for x, _ in self.x_batches])
+        require_class_scores(self.float_out.shape[1:], "the float model")
         self.num_classes = self.float_out.shape[1]
         self.rank_size = min(rank_size, len(dataset))
         self.count = 0

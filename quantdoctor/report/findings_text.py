@@ -122,7 +122,13 @@ def _measured(e: dict[str, Any], where: str) -> str:
             f"output; no mechanism of the catalogue names {'it' if e['ops'] == 1 else 'them'}.{proxy}")
 
 
+def _foreign(e: dict[str, Any], where: str) -> str:
+    return (f"The quantized model was not made from this float model: {e['reason']}. Diagnosed anyway (--force); the "
+            "numbers below compare two different models.")
+
+
 MECHANISM_TEXT: dict[str, tuple[str, _Render]] = {
+    "foreign_quantized_model": ("quantized model made from another float model", _foreign),
     "measured_cause": ("cause located by measurement", _measured),
     "kernel_defect": ("converter/kernel defect (observed ≫ expected)", _kernel_defect),
     "weight_range_disparity": ("weight range disparity under per-tensor quantization", _weight_range),
