@@ -17,4 +17,7 @@ from quantdoctor.diagnose.compare import compare  # noqa: E402
 from quantdoctor.repair import apply_recipe  # noqa: E402
 from quantdoctor.repair.api import repair  # noqa: E402
 
-__all__ = ["diagnose", "compare", "repair", "apply_recipe", "Diagnosis", "DiagnoseConfig", "__version__"]
+# A TF 1.x frozen graph needs its input/output node names: `diagnose(frozen_graph(path, inputs, outputs), data, ...)`.
+from quantdoctor.backends.tf1 import frozen_graph  # noqa: E402
+
+__all__ = ["diagnose", "compare", "repair", "apply_recipe", "frozen_graph", "Diagnosis", "DiagnoseConfig", "__version__"]

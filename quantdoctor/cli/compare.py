@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
     c.add_argument("--json", action="store_true", help="print compare.json to stdout instead of the summary")
     c.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     c.add_argument("--width", type=int, default=None, help="terminal width for the summary")
+    from quantdoctor.cli.model_options import add_model_options
+
+    add_model_options(c)  # the options go to whichever of A and B they fit
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -45,8 +48,11 @@ def run_compare(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
+    from quantdoctor.cli.model_options import model_sources
+
+    model_a, model_b = model_sources(args, args.model_a, args.model_b)
     result = compare(
-        args.model_a, args.model_b, args.data, data_b=args.data_b, scheme=args.scheme,
+        model_a, model_b, args.data, data_b=args.data_b, scheme=args.scheme,
         quantized_a=args.quantized_a, quantized_b=args.quantized_b, scheme_b=args.scheme_b,
         progress=not args.no_progress and not args.json,
         preprocess=args.preprocess, resize=args.resize, calib=args.calib, calib_count=args.calib_count,

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(d)
     add_explain_options(d)
     add_output_options(d)
+    from quantdoctor.cli.model_options import add_model_options
+
+    add_model_options(d)
 
     s = sub.add_parser("schemes", help="list the quantization schemes and the converter settings behind each")
     s.add_argument("--markdown", action="store_true", help="print the table as Markdown")
@@ -88,7 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "diagnose":
             from quantdoctor.cli.commands import run_diagnose
+            from quantdoctor.cli.model_options import model_source
 
+            args.model = model_source(args, args.model)  # a frozen graph's arrays travel with its path
             return run_diagnose(args)
         if args.command == "schemes":
             from quantdoctor.cli.commands import run_schemes

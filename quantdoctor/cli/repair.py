@@ -31,6 +31,9 @@ def add_parsers(sub) -> None:
 
     add_data_options(r)
     r.add_argument("--json", action="store_true", help="print the result as JSON instead of the summary")
+    from quantdoctor.cli.model_options import add_model_options
+
+    add_model_options(r)
 
     a = sub.add_parser("apply", help="re-apply a repair recipe to the float model it was made from")
     a.add_argument("recipe", help="recipe.json written by `quantdoctor repair --out`")
@@ -40,10 +43,11 @@ def add_parsers(sub) -> None:
 
 
 def run_repair(args: argparse.Namespace) -> int:
+    from quantdoctor.cli.model_options import model_source
     from quantdoctor.repair import repair
 
     result = repair(
-        args.model, args.data, scheme=args.scheme, quantized=args.quantized, max_drop=args.max_drop,
+        model_source(args, args.model), args.data, scheme=args.scheme, quantized=args.quantized, max_drop=args.max_drop,
         metric=args.metric, out=args.out, preprocess=args.preprocess, resize=args.resize, calib=args.calib,
         calib_count=args.calib_count, batch_size=args.batch_size, top_k=args.top_k, max_samples=args.max_samples,
         rank_size=args.rank_size,

@@ -34,7 +34,8 @@ def diagnose(
 
     Args:
         float_model: .keras / .h5 file, SavedModel directory, float .tflite, float .onnx, a `torch.export` program
-            (.pt2), or a `torch.nn.Module` (exported to ONNX here; needs the `torch` extra).
+            (.pt2), a `ModelSource` (e.g. `quantdoctor.frozen_graph(...)` for a TF 1.x frozen graph), or a
+            `torch.nn.Module` (exported to ONNX here; needs the `torch` extra).
         data: .npz (x, optional y), .npy, an image folder, or a `quantdoctor.data.Dataset`.
         quantized: a quantized .tflite made elsewhere; or give `scheme` to convert here.
         scheme: quantization scheme name (see `quantdoctor.quantize.schemes.SCHEMES`).
@@ -48,7 +49,11 @@ def diagnose(
     if config is not None and (scheme is not None or quantized is not None):
         options = {**options, "scheme": scheme, "quantized": None if quantized is None else str(quantized)}
     cfg = replace(base, **options) if options else base
+    from quantdoctor.backends.keras.loader import ModelSource
+
     with Progress(progress) as prog:
+        if isinstance(float_model, ModelSource):
+            return _Run(cfg, prog).diagnose(float_model, data)
         if isinstance(float_model, (str, Path)):
             return _Run(cfg, prog).diagnose(Path(float_model), data)
         return _Run(cfg, prog, module=float_model).diagnose(Path(f"<{type(float_model).__name__}>"), data)
@@ -62,8 +67,8 @@ class _Run:
         self.module = module  # a torch.nn.Module given through the API
         self.module_labels: dict[str, str] = {}  # ONNX tensor name -> PyTorch module path (torch sources)
 
-    def diagnose(self, model_path: Path, data) -> Diagnosis:
-        from quantdoctor.backends.keras.loader import detect_source
+    def diagnose(self, model_path: Path | Any, data) -> Diagnosis:
+        from quantdoctor.backends.keras.loader import resolve_source
         from quantdoctor.backends.runtimes import RUNTIMES
         from quantdoctor.matching.match import match_graphs
         from quantdoctor.quantize.converter import supports_calibrated_pair
@@ -71,7 +76,7 @@ class _Run:
         cfg = self.cfg
         from quantdoctor.backends.keras.loader import ModelSource
 
-        source = ModelSource("torch", model_path) if self.module is not None else detect_source(model_path)
+        source = ModelSource("torch", model_path) if self.module is not None else resolve_source(model_path)
         runtime = RUNTIMES.get("onnx" if source.kind in ("onnx", "torch") else "tflite")
         self._check_scheme(runtime.name)
         keras_model, layer_infos = self._load_keras(source)
@@ -101,7 +106,7 @@ class _Run:
 
         fg, qg = float_runner.graph, quant_runner.graph
         matching = match_graphs(fg, qg)
-        labels = self._labels(fg, keras_model, layer_infos)
+        labels = self._labels(fg, keras_model, layer_infos, source)
         probes = self._probes(float_runner, quant_runner, matching) if cfg.explain else None
         errors, model_metrics, margins = self._passes(eval_ds, float_runner, quant_runner, matching, num_classes, probes)
         weight_reports = self._weights(float_bytes, quant_bytes) if cfg.explain and runtime.weight_analysis else {}
@@ -267,7 +272,11 @@ class _Run:
                 f"(input {fi.shape}, output {fo.shape}); give the quantized version of this float model"
             )
 
-    def _labels(self, fg, keras_model, layer_infos):
+    def _labels(self, fg, keras_model, layer_infos, source):
+        if source.kind == "frozen":
+            from quantdoctor.backends.tf1 import node_labels
+
+            return node_labels(fg, source.path)
         if self.module_labels:
             from quantdoctor.matching.keras_names import LayerLabel
 

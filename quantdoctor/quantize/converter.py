@@ -93,11 +93,14 @@ def convert(
     import tensorflow as tf
 
     expected_shapes: list[tuple] | None = None
-    if isinstance(source, ModelSource) and source.kind == "savedmodel":
-        try:
-            converter = tf.lite.TFLiteConverter.from_saved_model(str(source.path))
-        except Exception as exc:
-            raise ModelLoadError(f"cannot load SavedModel {source.path}: {one_line(str(exc))}") from exc
+    if isinstance(source, ModelSource) and source.kind == "frozen":
+        from quantdoctor.backends.tf1 import frozen_converter
+
+        converter = frozen_converter(source)
+    elif isinstance(source, ModelSource) and source.kind == "savedmodel":
+        from quantdoctor.backends.tf1 import saved_model_converter
+
+        converter = saved_model_converter(source)
     else:
         model = load_keras_model(source.path) if isinstance(source, ModelSource) else source
         if not isinstance(source, ModelSource):

@@ -20,7 +20,7 @@ HTML_NAME = "repair.html"
 
 
 def repair(
-    model: str | Path,
+    model: str | Path | Any,
     data: Any,
     scheme: str | None = None,
     quantized: str | Path | None = None,
@@ -41,7 +41,8 @@ def repair(
     """Find the fewest actions that bring the quantized model within `max_drop` points of the float model on `metric`.
 
     Args:
-        model: the float model (.keras, .h5, SavedModel folder, float .tflite or float .onnx).
+        model: the float model (.keras, .h5, SavedModel folder, float .tflite or float .onnx), or a `ModelSource`
+            (e.g. `quantdoctor.frozen_graph(...)` for a TF 1.x frozen graph).
         data: evaluation (and, for calibrating schemes, calibration) data, as for `diagnose`.
         scheme: the scheme to repair (an ort-* scheme for an .onnx model); or give `quantized`, a model made elsewhere
             (.tflite, or .onnx for an ONNX model; its scheme is read from the file).
@@ -110,7 +111,8 @@ def repair(
     )
     if out is not None:
         ranges = builder.final_ranges(actions) if builder.ranges else None
-        recipe = Recipe(scheme, builder.backend.value, tuple(actions), file_sha256(source.path), sha256(repaired), ranges)
+        recipe = Recipe(scheme, builder.backend.value, tuple(actions), file_sha256(source.path), sha256(repaired), ranges,
+                        source=source.options() or None)
         write_repair(result, recipe, Path(out), model_name(runtime))
     return result
 
@@ -134,15 +136,15 @@ def prepare(model: Any, data: Any, scheme: str | None, quantized: Any, *, prepro
     Raises:
         UserInputError: both or neither of `scheme` and `quantized`, a PyTorch program, a scheme of another runtime.
     """
-    from quantdoctor.backends.keras.loader import detect_source, load_keras_model
+    from quantdoctor.backends.keras.loader import load_keras_model, resolve_source
     from quantdoctor.repair.build import Builder
 
     if (scheme is None) == (quantized is None):
         raise UserInputError("give exactly one of --scheme and --quantized")
-    source = detect_source(Path(model))
+    source = resolve_source(model)
     if source.kind == "torch":
-        raise UserInputError("repair takes Keras, SavedModel, .tflite and .onnx models; export the PyTorch program to "
-                             "ONNX first (diagnose takes .pt2 programs)")
+        raise UserInputError("repair takes Keras, SavedModel, TF 1.x frozen graph, .tflite and .onnx models; export "
+                             "the PyTorch program to ONNX first (diagnose takes .pt2 programs)")
     runtime = "onnx" if source.kind == "onnx" else "tflite"
     given = None
     if quantized is not None:

@@ -32,9 +32,11 @@ class Recipe:
     float_model_sha256: str | None  # of the user's float model file (None for a SavedModel folder)
     model_sha256: str  # of the repaired .tflite the repair run wrote
     ranges: dict[str, tuple[float, float]] | None = None
+    source: dict[str, Any] | None = None  # the float model's `ModelSource.options()`, e.g. a frozen graph's arrays
     version: int = RECIPE_VERSION
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"source": self.source} if self.source else {}  # only when set: other recipes stay as they were
         return {
             "version": self.version,
             "tool": "quantdoctor",
@@ -44,6 +46,7 @@ class Recipe:
             "model_sha256": self.model_sha256,
             "actions": [a.to_dict() for a in self.actions],
             "ranges": None if self.ranges is None else {k: list(v) for k, v in sorted(self.ranges.items())},
+            **extra,
         }
 
     @classmethod
@@ -58,6 +61,7 @@ class Recipe:
             float_model_sha256=data.get("float_model_sha256"),
             model_sha256=str(data.get("model_sha256", "")),
             ranges=None if ranges is None else {k: (float(v[0]), float(v[1])) for k, v in ranges.items()},
+            source=dict(data["source"]) if data.get("source") else None,
         )
 
     def to_json(self) -> str:
@@ -83,20 +87,26 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(bytes(data)).hexdigest()
 
 
-def apply_recipe(recipe: Recipe | str | Path, model: str | Path) -> bytes:
+def apply_recipe(recipe: Recipe | str | Path, model: str | Path | Any) -> bytes:
     """Rebuild the repaired .tflite (.onnx) from `model` (the float model the recipe was made from).
+
+    A recipe made from a TF 1.x frozen graph (or a SavedModel signature) stores the graph options, so the path alone
+    rebuilds the same `ModelSource`.
 
     Raises:
         UserInputError: the model is not the one the recipe was made from, or the recipe is unreadable.
     """
-    from quantdoctor.backends.keras.loader import detect_source, load_keras_model
+    from quantdoctor.backends.keras.loader import ModelSource, detect_source, load_keras_model, resolve_source
     from quantdoctor.repair.build import Builder
     from quantdoctor.quantize.converter import convert
 
     if not isinstance(recipe, Recipe):
         recipe = Recipe.load(recipe)
-    source = detect_source(Path(model))
-    digest = file_sha256(model)
+    source = model if isinstance(model, ModelSource) else detect_source(model)
+    if recipe.source and not source.options():
+        source = _with_options(source, recipe.source)
+    source = resolve_source(source)
+    digest = file_sha256(source.path)
     if recipe.float_model_sha256 and digest and digest != recipe.float_model_sha256:
         raise UserInputError(f"{model} is not the float model this recipe was made from (sha256 differs); give that model")
     if (Backend(recipe.backend) == Backend.ORT) != (source.kind == "onnx"):
@@ -110,8 +120,13 @@ def apply_recipe(recipe: Recipe | str | Path, model: str | Path) -> bytes:
         return builder.build(list(recipe.actions), ranges=recipe.ranges)
     target = load_keras_model(source.path) if source.kind == "keras" else source
     if Backend(recipe.backend) == Backend.CONVERTER:
-        shape = tuple(int(d) for d in target.input_shape[1:]) if source.kind == "keras" else None
-        if shape is None:
+        if source.kind == "keras":
+            shape = tuple(int(d) for d in target.input_shape[1:])
+        elif source.kind == "frozen":
+            from quantdoctor.backends.tflite.runner import TfliteRunner
+
+            shape = TfliteRunner(convert(source, None), 1).inputs()[0].shape
+        else:
             raise UserInputError("this recipe needs the Keras model it was made from")
 
         def dummy():  # calibration only creates the graph's range fields; the recipe's ranges replace them all
@@ -124,3 +139,14 @@ def apply_recipe(recipe: Recipe | str | Path, model: str | Path) -> bytes:
         float_model = convert(target, None)
     builder = Builder(recipe.scheme, Backend(recipe.backend), float_model, recipe.ranges)
     return builder.build(list(recipe.actions), ranges=recipe.ranges)
+
+
+def _with_options(source: Any, options: dict[str, Any]) -> Any:
+    """`source` with the graph options a recipe stored (a frozen graph's arrays, a SavedModel's signature key)."""
+    from dataclasses import replace
+
+    try:
+        return replace(source, inputs=tuple(options.get("inputs", ())), outputs=tuple(options.get("outputs", ())),
+                       input_shapes=tuple(options.get("input_shapes", ())), signature_key=options.get("signature_key"))
+    except (TypeError, ValueError) as exc:
+        raise UserInputError(f"the recipe's float model options {options} are not readable ({exc})") from None

@@ -17,29 +17,73 @@ from quantdoctor.errors import ModelLoadError
 if TYPE_CHECKING:
     import keras
 
-KINDS = ("keras", "savedmodel", "tflite", "onnx", "torch")
+KINDS = ("keras", "savedmodel", "tflite", "onnx", "torch", "frozen")
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 # A TFLite flatbuffer carries this file identifier at bytes 4..8 (bytes 0..4 are the root table offset).
 TFLITE_IDENTIFIER = b"TFL3"
 _SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
-_NOT_A_MODEL = "is not a .keras, .h5, SavedModel directory, .tflite, .onnx or .pt2 file"
+_NOT_A_MODEL = "is not a .keras, .h5, SavedModel directory, .tflite, .onnx or .pt2 file (nor a TF 1.x frozen graph .pb)"
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """The float model the user gave: its kind ("keras", "savedmodel" or "tflite") and where it is."""
+    """The float model the user gave: its kind (one of `KINDS`) and where it is.
+
+    A TF 1.x frozen graph ("frozen") also needs its input and output node names (`inputs`, `outputs`, as toco's
+    --input-arrays/--output-arrays) and, when the graph leaves them open, `input_shapes`; a SavedModel may name the
+    `signature_key` to convert (default: the converter's choice, serving_default).
+    """
 
     kind: str
     path: Path
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    signature_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"model kind must be one of {KINDS}, not {self.kind!r}")
         object.__setattr__(self, "path", Path(self.path))
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+        object.__setattr__(self, "input_shapes", tuple(tuple(int(d) for d in s) for s in self.input_shapes))
+
+    def __str__(self) -> str:  # reports and comparisons name the model by its path
+        return str(self.path)
+
+    def options(self) -> dict[str, Any]:
+        """The graph options that are set (for a recipe to rebuild this source from its path); {} for most models."""
+        found = {"inputs": list(self.inputs), "outputs": list(self.outputs),
+                 "input_shapes": [list(s) for s in self.input_shapes], "signature_key": self.signature_key}
+        return {k: v for k, v in found.items() if v}
+
+
+def resolve_source(model: str | Path | ModelSource) -> ModelSource:
+    """The ModelSource of a path (see `detect_source`) or of one the caller built, with its graph options checked.
+
+    Raises:
+        ModelLoadError: the model is missing or unsupported; a frozen graph whose arrays are missing, unknown or
+            of open shape (see `backends.tf1.check_frozen`); graph options given for a model of another kind.
+    """
+    source = model if isinstance(model, ModelSource) else detect_source(model)
+    if (source.inputs or source.outputs or source.input_shapes) and source.kind != "frozen":
+        raise ModelLoadError(
+            f"{source.path} is a {source.kind} model; --input-arrays, --output-arrays and --input-shapes are for "
+            "TF 1.x frozen graphs (.pb)"
+        )
+    if source.signature_key and source.kind != "savedmodel":
+        raise ModelLoadError(f"{source.path} is a {source.kind} model; --signature-key is for SavedModel folders")
+    if source.kind == "frozen":
+        from quantdoctor.backends.tf1 import check_frozen
+
+        check_frozen(source)
+    return source
 
 
 def detect_source(path: str | Path) -> ModelSource:
-    """Tell a .keras/.h5 file, a SavedModel folder and a .tflite flatbuffer apart from the path and file header.
+    """Tell a .keras/.h5 file, a SavedModel folder, a .tflite flatbuffer, .onnx, .pt2 and a frozen graph (.pb) apart
+    from the path and file header.
 
     A file with another suffix is still taken as TFLite when it carries the flatbuffer identifier.
 
@@ -58,6 +102,10 @@ def detect_source(path: str | Path) -> ModelSource:
         return ModelSource("keras", path)
     if _has_tflite_identifier(path):
         return ModelSource("tflite", path)
+    if path.name in _SAVED_MODEL_FILES:
+        raise ModelLoadError(f"{path} is the graph of a SavedModel; give its folder {path.parent}")
+    if suffix == ".pb":  # a TF 1.x frozen GraphDef; its input/output nodes come from the user (ModelSource fields)
+        return ModelSource("frozen", path)
     if suffix == ".onnx":
         return ModelSource("onnx", path)
     if suffix == ".pt2":  # a torch.export program: exported to ONNX, labelled with module paths
