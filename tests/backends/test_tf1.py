@@ -190,3 +190,19 @@ def test_tf1_saved_model_signature_key_chooses_the_signature(frozen, tf1_saved_m
     code, _, err = _run(capsys, ["diagnose", tf1_saved_model, "--data", frozen["data"], "--scheme", "dynamic",
                                  "--signature-key", "nope"])
     _one_line_error(code, err, "nope", "serving_default")
+
+
+def test_compare_gives_the_arrays_to_the_frozen_graph(frozen, capsys, tmp_path):
+    keras_path = tmp_path / "same.keras"
+    frozen["model"].save(keras_path)
+    code, out, err = _run(capsys, ["compare", frozen["pb"], str(keras_path), "--data", frozen["data"], "--scheme",
+                                   "dynamic-per-tensor", "--input-arrays", INPUT, "--output-arrays", OUTPUT, "--json",
+                                   "--no-progress", "--no-verify", "--explain-samples", "4"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["name_a"] == frozen["pb"]
+    conv = [p for p in result["layers"] if p["op_type"] == "CONV_2D"]
+    assert len(conv) == 1 and conv[0]["label_a"] in frozen["nodes"] and conv[0]["label_b"] == "conv"
+    code, _, err = _run(capsys, ["compare", str(keras_path), str(keras_path), "--data", frozen["data"], "--scheme",
+                                 "dynamic", "--input-arrays", INPUT, "--output-arrays", OUTPUT])
+    _one_line_error(code, err, "--input-arrays is for a TF 1.x frozen graph (.pb)")
