@@ -37,6 +37,7 @@ def _config(args: argparse.Namespace, **over):
         explain_samples=getattr(args, "explain_samples", 16),
         verify=not getattr(args, "no_verify", False),
         verify_samples=getattr(args, "verify_samples", 256),
+        force=getattr(args, "force", False),
     )
     fields.update(over)
     return DiagnoseConfig(**fields)

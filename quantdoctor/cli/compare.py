@@ -45,9 +45,13 @@ def run_compare(args: argparse.Namespace) -> int:
         raise UserInputError("--quantized-b goes with --quantized-a, not with --scheme; give one way of quantizing")
     if args.scheme_b is not None and args.scheme is None:
         raise UserInputError("--scheme-b goes with --scheme (A's scheme); give both")
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
+    out = None
+    if args.out:
+        from quantdoctor.cli.checks import check_output_dir
+        from quantdoctor.cli.commands import _inputs
+
+        writes = (COMPARE_JSON, COMPARE_HTML, "a/report.json", "b/report.json")
+        out = check_output_dir(args.out, "--out", _inputs(args), writes)
     from quantdoctor.cli.model_options import model_sources
 
     model_a, model_b = model_sources(args, args.model_a, args.model_b)

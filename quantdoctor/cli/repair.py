@@ -14,6 +14,8 @@ EXIT_BUDGET_NOT_MET = 3
 
 def add_parsers(sub) -> None:
     """Add the `repair` and `apply` subcommands to main's subparsers."""
+    from quantdoctor.cli.checks import finite, whole
+
     r = sub.add_parser("repair", help="find the smallest change that brings the quantized model within a budget")
     r.add_argument("model", help="float model: .keras, .h5, SavedModel directory, float .tflite or float .onnx")
     r.add_argument("--data", required=True, help=".npz (x, optional y), .npy, or an image folder")
@@ -21,12 +23,13 @@ def add_parsers(sub) -> None:
     q.add_argument("--scheme", help="quantization scheme to repair (see `quantdoctor schemes`)")
     q.add_argument("--quantized", metavar="FILE",
                    help="a quantized .tflite or .onnx made elsewhere (its scheme is read from it)")
-    r.add_argument("--max-drop", type=float, default=1.0, help="allowed drop in points of --metric (default: 1.0)")
+    r.add_argument("--max-drop", type=finite(0.0, 100.0), default=1.0,
+                   help="allowed drop in points of --metric, 0 to 100 (default: 1.0)")
     r.add_argument("--metric", default="agreement", choices=("agreement", "top1", "topk"),
                    help="agreement = top-1 agreement with float; top1/topk = accuracy on labels")
     r.add_argument("--out", metavar="DIR",
                    help="write repaired.tflite (.onnx), recipe.json, repair.json and repair.html here")
-    r.add_argument("--rank-size", type=int, default=32, help="samples the search ranks candidates on (default: 32)")
+    r.add_argument("--rank-size", type=whole(1), default=32, help="samples the search ranks candidates on (default: 32)")
     from quantdoctor.cli.main import add_data_options
 
     add_data_options(r)
@@ -46,6 +49,13 @@ def run_repair(args: argparse.Namespace) -> int:
     from quantdoctor.cli.model_options import model_source
     from quantdoctor.repair import repair
 
+    if args.out:
+        from quantdoctor.cli.checks import check_output_dir
+        from quantdoctor.cli.commands import _inputs
+        from quantdoctor.repair.api import HTML_NAME, RECIPE_NAME, RESULT_NAME, model_name
+
+        runtime = "onnx" if str(args.model).lower().endswith(".onnx") else "tflite"
+        check_output_dir(args.out, "--out", _inputs(args), (model_name(runtime), RECIPE_NAME, RESULT_NAME, HTML_NAME))
     result = repair(
         model_source(args, args.model), args.data, scheme=args.scheme, quantized=args.quantized, max_drop=args.max_drop,
         metric=args.metric, out=args.out, preprocess=args.preprocess, resize=args.resize, calib=args.calib,
@@ -68,10 +78,14 @@ def run_apply(args: argparse.Namespace) -> int:
     from quantdoctor.files import atomic_write_bytes
     from quantdoctor.repair.recipe import Recipe, apply_recipe, sha256
 
+    from quantdoctor.cli.checks import check_output_file
+    from quantdoctor.repair.actions import Backend
+
     recipe = Recipe.load(args.recipe)
-    out = args.out or ("repaired.onnx" if str(args.model).lower().endswith(".onnx") else "repaired.tflite")
+    suffix = ".onnx" if Backend(recipe.backend) == Backend.ORT else ".tflite"
+    out = check_output_file(args.out or f"repaired{suffix}", "--out", (args.recipe, args.model), suffix)
     model = apply_recipe(recipe, args.model)
-    atomic_write_bytes(Path(out), model)
+    atomic_write_bytes(out, model)
     same = "same bytes as the repair run" if sha256(model) == recipe.model_sha256 else "bytes differ from the repair run"
     print(f"wrote {out} ({len(model)} bytes, {len(recipe.actions)} action(s); {same})", file=sys.stderr)
     return 0

@@ -82,7 +82,7 @@ class _Run:
         keras_model, layer_infos = self._load_keras(source)
         dataset = None
         if keras_model is not None:  # read the data before converting: bad data fails in seconds, not minutes
-            dataset = self._dataset(data, _keras_input_shape(keras_model))
+            dataset = self._dataset(data, keras_input_shape(keras_model))
         quant_name = str(cfg.quantized) if cfg.quantized is not None else f"converted with scheme {cfg.scheme}"
         if keras_model is not None and cfg.quantized is None and supports_calibrated_pair(cfg.scheme):
             eval_ds, calib_ds, calib_text = self._split(dataset)
@@ -101,6 +101,7 @@ class _Run:
         quant_runner = runtime.runner(quant_bytes, cfg.batch_size)
         float_bytes, quant_bytes = float_runner.model, quant_runner.model  # what every index refers to
         self._check_compatible(float_runner, quant_runner)
+        provenance = self._check_provenance(float_runner, quant_runner) if cfg.quantized is not None else None
         num_classes = int(float_runner.outputs()[0].shape[-1]) if float_runner.outputs()[0].shape else 1
         eval_ds.check_labels(num_classes)
 
@@ -139,6 +140,10 @@ class _Run:
             repros = _repros(found, diagnosis, probes, quant_bytes, runtime.name) if runtime.one_op_repro else ()
             diagnosis = replace(diagnosis, findings=found, verification=verification, repros=repros)
             diagnosis = replace(diagnosis, run=replace(run, seconds={k: round(v, 3) for k, v in self.prog.seconds.items()}))
+        if provenance is not None and provenance.mismatch:  # --force: the user insisted; the mismatch comes first
+            from quantdoctor.diagnose.provenance import mismatch_finding
+
+            diagnosis = replace(diagnosis, findings=(mismatch_finding(provenance), *diagnosis.findings))
         return diagnosis
 
     def _verify(self, found, diagnosis, float_runner, quant_runner, matching, eval_ds):
@@ -264,13 +269,29 @@ class _Run:
     def _check_compatible(self, float_runner, quant_runner) -> None:
         from quantdoctor.errors import ModelLoadError
 
+        from quantdoctor.stats.classification import require_class_scores
+
         fi, qi = float_runner.inputs()[0], quant_runner.inputs()[0]
         fo, qo = float_runner.outputs()[0], quant_runner.outputs()[0]
+        require_class_scores(fo.shape, "the float model")
         if fi.shape != qi.shape or fo.shape != qo.shape:
             raise ModelLoadError(
                 f"the quantized model (input {qi.shape}, output {qo.shape}) does not fit the float model "
                 f"(input {fi.shape}, output {fo.shape}); give the quantized version of this float model"
             )
+
+    def _check_provenance(self, float_runner, quant_runner):
+        """Refuse (unless `force`) a --quantized model whose weights say it was made from another float model."""
+        from quantdoctor.diagnose.provenance import check_provenance
+        from quantdoctor.errors import ModelLoadError
+
+        provenance = check_provenance(float_runner, quant_runner)
+        if provenance.mismatch and not self.cfg.force:
+            raise ModelLoadError(
+                f"the quantized model {self.cfg.quantized} does not come from this float model: "
+                f"{provenance.reason()}; give the quantized version of this model (or --force to diagnose it anyway)"
+            )
+        return provenance
 
     def _labels(self, fg, keras_model, layer_infos, source):
         if source.kind == "frozen":
@@ -362,7 +383,7 @@ def _data_input_shape(data) -> tuple[int, ...]:
     raise DataError(f"a PyTorch model takes its input shape from the data: give --data as .npz or .npy, not {path.name}")
 
 
-def _keras_input_shape(model) -> tuple[int, ...]:
+def keras_input_shape(model) -> tuple[int, ...]:
     from quantdoctor.errors import ModelLoadError
 
     shape = model.input_shape

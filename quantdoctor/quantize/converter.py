@@ -13,10 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
-import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -31,6 +28,7 @@ from quantdoctor.backends.keras.loader import (
     require_fixed_input_shape,
 )
 from quantdoctor.errors import DataError, ModelLoadError, QuantDoctorError, UserInputError
+from quantdoctor.native import captured_native_stderr
 from quantdoctor.quantize.schemes import SCHEMES, Scheme
 
 if TYPE_CHECKING:
@@ -303,30 +301,3 @@ def condense_converter_message(text: str) -> str:
             errors.append(reason)
     unique = list(dict.fromkeys(errors))
     return one_line("; ".join(unique) if unique else (text or "no message"))
-
-
-class _Captured:
-    text = ""
-
-
-@contextlib.contextmanager
-def captured_native_stderr() -> Iterator[_Captured]:
-    """Send file descriptor 2 to a temporary file, where the converter's C++ code prints progress lines."""
-    captured = _Captured()
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real fd 2 (embedded interpreter): leave stderr alone
-        yield captured
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            with contextlib.suppress(OSError, ValueError):
-                sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            captured.text = sink.read().decode("utf-8", errors="replace")

@@ -238,7 +238,9 @@ def _dataset(data: Any, source: Any, keras_model: Any, preprocess: str, resize: 
     if isinstance(data, Dataset):
         return data
     if keras_model is not None:
-        shape = tuple(int(s) for s in keras_model.input_shape[1:])
+        from quantdoctor.diagnose.pipeline import keras_input_shape
+
+        shape = keras_input_shape(keras_model)  # refuses several inputs in one line
     elif source.kind == "onnx":
         from quantdoctor.backends.onnx.runner import OnnxRunner, read_onnx
 

@@ -69,6 +69,7 @@ class _Interp:
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
         self.batch_size = batch_size
+        self.output_shape = tuple(int(d) for d in self.out["shape"][1:])  # per sample
 
     def run(self, x: np.ndarray) -> np.ndarray:
         from quantdoctor.backends.tflite.extract import to_tensor_dtype
@@ -96,6 +97,7 @@ class _Whole:
         from quantdoctor.backends.runtimes import RUNTIMES
 
         self.runner = RUNTIMES.get(runtime).runner(model, batch_size)
+        self.output_shape = tuple(self.runner.outputs()[0].shape)  # per sample
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.runner.run(x), np.float32).reshape(len(x), -1)
@@ -126,9 +128,9 @@ class Evaluator:
             raise DataError("no samples to evaluate on; give more data or a smaller --calib-count")
         self.dataset, self.batch_size, self.top_k, self.runtime = dataset, batch_size, top_k, runtime
         runner = runner_for(runtime, float_model, batch_size)
+        require_class_scores(runner.output_shape, "the float model")
         self.x_batches = [(x, idx) for x, idx in dataset.batches(batch_size)]  # preprocessed once, reused every pass
         self.float_out = np.concatenate([runner.run(x) for x, _ in self.x_batches])
-        require_class_scores(self.float_out.shape[1:], "the float model")
         self.num_classes = self.float_out.shape[1]
         self.rank_size = min(rank_size, len(dataset))
         self.count = 0

@@ -70,12 +70,21 @@ class Recipe:
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         p = Path(path)
+        hint = "give the recipe.json a repair run wrote"
         try:
-            return cls.from_dict(json.loads(p.read_text()))
+            data = json.loads(p.read_bytes().decode("utf-8"))
+            if not isinstance(data, dict) or data.get("tool", "quantdoctor") != "quantdoctor":
+                raise ValueError(f"it holds a JSON {type(data).__name__}, not a quantdoctor recipe object")
+            return cls.from_dict(data)
         except FileNotFoundError:
-            raise UserInputError(f"recipe {p} does not exist; give the recipe.json a repair run wrote") from None
-        except (json.JSONDecodeError, KeyError, ValueError) as exc:
-            raise UserInputError(f"recipe {p} is not a quantdoctor recipe ({exc}); give the recipe.json a repair run wrote") from None
+            raise UserInputError(f"recipe {p} does not exist; {hint}") from None
+        except OSError as exc:
+            raise UserInputError(f"cannot read recipe {p} ({exc.strerror or exc}); {hint}") from None
+        except UserInputError:
+            raise
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:  # JSON and Unicode errors too
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise UserInputError(f"recipe {p} is not a quantdoctor recipe ({reason}); {hint}") from None
 
 
 def file_sha256(path: str | Path) -> str | None:

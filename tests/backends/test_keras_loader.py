@@ -153,7 +153,19 @@ def test_unreadable_file_gives_one_line_error_with_path(tmp_path, name):
     message = str(caught.value)
     assert str(path) in message
     assert "\n" not in message and "Traceback" not in message
-    assert message.startswith("cannot load Keras model")
+    assert ("not a .keras file" if name.endswith(".keras") else "not an HDF5 file") in message
+    assert "File not found" not in message  # what Keras itself says of a file that exists
+
+
+def test_a_zip_that_is_not_a_keras_model_gives_keras_reason(tmp_path):
+    import zipfile
+
+    path = tmp_path / "other.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "a zip, but not a Keras model")
+    with pytest.raises(ModelLoadError) as caught:
+        load_keras_model(path)
+    assert str(caught.value).startswith(f"cannot load Keras model {path}")
 
 
 def test_python_code_in_the_file_needs_safe_mode_off(tmp_path, sample):

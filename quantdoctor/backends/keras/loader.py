@@ -21,6 +21,7 @@ KINDS = ("keras", "savedmodel", "tflite", "onnx", "torch", "frozen")
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 # A TFLite flatbuffer carries this file identifier at bytes 4..8 (bytes 0..4 are the root table offset).
 TFLITE_IDENTIFIER = b"TFL3"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # at byte 0 of every file h5py writes (no user block)
 _SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 _NOT_A_MODEL = "is not a .keras, .h5, SavedModel directory, .tflite, .onnx or .pt2 file (nor a TF 1.x frozen graph .pb)"
 
@@ -133,6 +134,7 @@ def load_keras_model(path: str | Path, safe_mode: bool = True) -> keras.Model:
         raise ModelLoadError(f"Keras model {path} does not exist; check the path")
     if path.suffix.lower() not in KERAS_SUFFIXES:
         raise ModelLoadError(f"{path} is not a .keras or .h5 file")
+    _check_keras_container(path)
     quiet_tensorflow_logging()
     import keras
 
@@ -147,6 +149,35 @@ def load_keras_model(path: str | Path, safe_mode: bool = True) -> keras.Model:
         raise ModelLoadError(f"{path} holds a {type(model).__name__}, not a Keras model")
     require_fixed_input_shape(model, str(path))
     return model
+
+
+def _check_keras_container(path: Path) -> None:
+    """Refuse an empty, truncated or foreign file before Keras does (Keras says "File not found" for all of them).
+
+    A .keras file is a zip archive; a .h5/.hdf5 file carries the HDF5 signature.
+    """
+    import zipfile
+
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise ModelLoadError(f"Keras model {path} is empty (0 bytes); save the model again with model.save()")
+        if path.suffix.lower() == ".keras":
+            if not zipfile.is_zipfile(path):
+                raise ModelLoadError(
+                    f"{path} is not a .keras file (a .keras model is a zip archive; this one is truncated, damaged or "
+                    "another format); save the model again with model.save('model.keras')"
+                )
+            return
+        with path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read Keras model {path}: {exc.strerror}") from exc
+    if head != HDF5_SIGNATURE:
+        raise ModelLoadError(
+            f"{path} is not an HDF5 file (no HDF5 signature; truncated, damaged or another format); "
+            "save the model again with model.save('model.h5') or as .keras"
+        )
 
 
 def require_fixed_input_shape(model: Any, where: str) -> None:
@@ -174,17 +205,13 @@ def require_fixed_input_shape(model: Any, where: str) -> None:
 
 
 def quiet_tensorflow_logging() -> None:
-    """Keep TensorFlow's C++ and absl INFO/WARNING lines off the terminal; errors still show.
+    """Import TensorFlow with its C++ start-up lines held back and absl's INFO/WARNING lines off; errors still show.
 
-    Must run before TensorFlow is first imported for the C++ part to take effect; a value the user set in
-    TF_CPP_MIN_LOG_LEVEL is kept.
+    Call it before the first `import tensorflow` or `import keras` (see `quantdoctor.native`).
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        import absl.logging
-    except ImportError:  # absl comes with TensorFlow; without it there is nothing to quiet.
-        return
-    absl.logging.set_verbosity(absl.logging.ERROR)
+    from quantdoctor.native import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
 
 
 def one_line(text: str, limit: int = 300) -> str:

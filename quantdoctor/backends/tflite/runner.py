@@ -22,6 +22,12 @@ def read_tflite(path: str | Path) -> bytes:
     data = p.read_bytes()
     if data[4:8] != b"TFL3":
         raise ModelLoadError(f"{p} is not a TFLite flatbuffer (no TFL3 identifier); give a .tflite file")
+    try:  # the identifier is in the first bytes: a truncated file still has it
+        from quantdoctor.backends.tflite.loader import load_interpreter
+
+        load_interpreter(data, what=str(p))
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{exc}; the file is truncated or damaged: export the .tflite again") from None
     return data
 
 
