@@ -65,7 +65,7 @@ def _sha(path):
 FAST = ["--no-progress", "--no-verify", "--explain-samples", "4", "--calib-count", "16"]
 
 
-@pytest.mark.parametrize("scheme", ["dynamic-per-tensor", "int8"])
+@pytest.mark.parametrize("scheme", ["dynamic-per-tensor", "int8", "toco-1x"])  # toco-1x: the seed user's pipeline
 def test_diagnose_frozen_graph_labels_layers_with_node_names(frozen, capsys, scheme):
     before = _sha(frozen["pb"])
     code, out, err = _run(capsys, ["diagnose", frozen["pb"], "--data", frozen["data"], "--scheme", scheme,
