@@ -6,7 +6,9 @@ images are decoded per batch; `.npz` archives are zip files, loaded whole. Sourc
 
 from __future__ import annotations
 
+import tokenize
 import zipfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
@@ -174,6 +176,12 @@ class ArraySource:
         return batch
 
 
+# What numpy and zipfile raise on a damaged file: besides OSError/ValueError, a version 1/2 .npy header that does not
+# parse goes through numpy's tokenize-based fallback (TokenError), a damaged deflate stream fails in zlib, and a zip
+# member of an unknown compression method is NotImplementedError.
+_UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, tokenize.TokenError, zlib.error, NotImplementedError)
+
+
 def open_array_file(path: Path, input_shape: InputShape) -> ArraySource:
     """An `ArraySource` over an .npz (arrays `x` and optional `y`, loaded whole) or .npy (x only, memory-mapped).
 
@@ -187,9 +195,11 @@ def open_array_file(path: Path, input_shape: InputShape) -> ArraySource:
             x = np.load(path, mmap_mode="r", allow_pickle=False)
         else:
             x, y = _load_npz(path)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except _UNREADABLE as exc:
         # Object arrays land here too: allow_pickle=False refuses them, as it must for files a user hands us.
-        raise DataError(f"cannot read {path}: {exc}; save plain numeric arrays with np.save/np.savez") from None
+        reason = "its array header does not parse" if isinstance(exc, tokenize.TokenError) else (
+            " ".join(str(exc).split()) or type(exc).__name__)
+        raise DataError(f"cannot read {path}: {reason}; save plain numeric arrays with np.save/np.savez") from None
     return ArraySource(x, y, input_shape, path.name, where=str(path))
 
 
@@ -227,7 +237,14 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                 f"{path} has no array named 'x' (it has: {', '.join(archive.files) or 'nothing'}); "
                 "save it with np.savez(path, x=samples, y=labels)"
             )
-        return archive["x"], (archive["y"] if "y" in archive.files else None)
+        x, y = archive["x"], (archive["y"] if "y" in archive.files else None)
+    for name, value in (("x", x), ("y", y)):
+        if value is not None and not isinstance(value, np.ndarray):  # NpzFile hands back a member without the .npy
+            raise DataError(  # header as raw bytes
+                f"{path}: '{name}' is not a NumPy array (a zip member without an .npy header); "
+                "save the data with numpy.savez(path, x=samples, y=labels)"
+            )
+    return x, y
 
 
 # --------------------------------------------------------------------------------------------------------------- images

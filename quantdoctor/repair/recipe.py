@@ -82,7 +82,9 @@ class Recipe:
             raise UserInputError(f"cannot read recipe {p} ({exc.strerror or exc}); {hint}") from None
         except UserInputError:
             raise
-        except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:  # JSON and Unicode errors too
+        # JSON and Unicode errors are ValueErrors; JSON nested thousands deep exhausts the parser's recursion, and
+        # float() of an integer literal with hundreds of digits overflows
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError, RecursionError, OverflowError) as exc:
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise UserInputError(f"recipe {p} is not a quantdoctor recipe ({reason}); {hint}") from None
 

@@ -51,6 +51,25 @@ def _check_model_proto(model: Any, what: str) -> None:
     # protobuf parses many byte strings "successfully"; a real model has an IR version and a graph with nodes
     if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.node:
         raise ModelLoadError(f"{what} is not an ONNX model (no IR version or no graph); give an .onnx file")
+    if _has_undecodable_text(model):
+        raise ModelLoadError(f"{what} is not an ONNX model (a name or text field is not UTF-8; the file is damaged); "
+                             "give an .onnx file")
+
+
+def _has_undecodable_text(message: Any) -> bool:
+    """True if a string field holds bytes that are not UTF-8: protobuf's upb parser hands those back as `bytes`, not
+    `str`, and a tensor name of that kind breaks every lookup and serialization after it."""
+    for field, value in message.ListFields():
+        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+            continue
+        repeated = getattr(field, "is_repeated", None)
+        values = value if (repeated if repeated is not None else field.label == field.LABEL_REPEATED) else [value]
+        if field.type == field.TYPE_STRING:
+            if any(isinstance(v, bytes) for v in values):
+                return True
+        elif any(hasattr(v, "ListFields") and _has_undecodable_text(v) for v in values):  # (map keys: no fields)
+            return True
+    return False
 
 
 def parse_model(model: bytes, what: str = "the model") -> Any:
