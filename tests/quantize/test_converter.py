@@ -125,10 +125,11 @@ def test_dynamic_per_tensor_breaks_the_tiny_model(model, converted, data):
     # The demo case in miniature. Measured: the output error is large and changes from run to run (0.28 to 3.4, inf
     # on a model that is a single depthwise conv), because LiteRT's hybrid DEPTHWISE_CONV_2D kernel reads one scale
     # per channel past the single per-tensor scale. Per-tensor conv and dense weights are fine (0.006).
-    # Seen from 0.28 to inf over CI runs: assert it against the per-channel model's error, not a fixed level.
+    # Seen from 0.28 to inf over CI runs, and once (a full run, 2026-11-30) 0.026 against the per-channel model's 0.007:
+    # the kernel reads whatever memory follows the scale. Assert it against the per-channel model's error, with room.
     error = relative_error(model, converted["dynamic-per-tensor"], data)
     per_channel = relative_error(model, converted["dynamic"], data)
-    assert not error < 5 * per_channel  # also true for nan/inf
+    assert not error < 2 * per_channel  # also true for nan/inf
 
 
 def test_float_has_no_integer_tensors(converted):
