@@ -164,14 +164,18 @@ def _has_grid(l: LayerResult) -> bool:
 
 
 def _grid_axis(l: LayerResult) -> tuple[np.ndarray, float, str]:
-    """Float value of each level (static grids), or the level itself (dynamic: every sample has its own scale)."""
+    """Float value of each occupancy bin's middle (static grids), or the level itself (dynamic: every sample has its
+    own scale); the bin's width in those units; the axis label."""
     g = l.grid
-    levels = g.qmin + np.arange(len(g.occupancy))
+    levels = g.bin_centers()
     q = l.quant
     if l.grid_mode == "static" and q is not None and q.scales:
         scale, zp = q.scales[0], q.zero_points[0] if q.zero_points else 0
-        return scale * (levels - zp), scale, "activation value (each vertical line is one level of the grid)"
-    return levels.astype(float), 1.0, "int8 level (each sample is quantized with its own scale)"
+        what = "each vertical line is one level of the grid"
+        if g.bin_width > 1:
+            what = f"each bar sums {g.bin_width} levels"
+        return scale * (levels - zp), scale * g.bin_width, f"activation value ({what})"
+    return levels.astype(float), float(g.bin_width), "int8 level (each sample is quantized with its own scale)"
 
 
 def _levels_holding(counts: np.ndarray, share: float) -> int:
@@ -186,6 +190,8 @@ def grid_svg(l: LayerResult) -> str:
     """Share of values on each level: all samples (bars) and the first sample (line), grid levels as vertical lines.
 
     Zoomed to the levels that hold all but 0.05 % of the values (and all of the sample's), so the lines stay apart.
+    On a binned (16-bit) grid each bar is one bin of `bin_width` levels and there are no level lines: at most
+    `MAX_BINS` bars, so the figure's size does not depend on the grid.
     """
     from matplotlib import rc_context
     from matplotlib.figure import Figure as MplFigure
@@ -199,8 +205,9 @@ def grid_svg(l: LayerResult) -> str:
         fig = MplFigure(figsize=(9.0, 3.2))
         ax = fig.add_subplot()
         sel = slice(lo, hi + 1)
-        ax.vlines(x[sel], 0, 1, transform=ax.get_xaxis_transform(), colors=_GREY, alpha=0.35,
-                  linewidth=0.6 if hi - lo < 80 else 0.3)
+        if g.bin_width == 1:
+            ax.vlines(x[sel], 0, 1, transform=ax.get_xaxis_transform(), colors=_GREY, alpha=0.35,
+                      linewidth=0.6 if hi - lo < 80 else 0.3)
         ax.bar(x[sel], whole[sel] / whole.sum(), width=0.8 * step, color=_BLUE, alpha=0.55, label="all values")
         peak = max(whole[sel].max() / whole.sum(), one[sel].max() / one.sum() if one.sum() else 0)
         # a spike (e.g. the zeros of a ReLU) would flatten the rest on a linear axis
@@ -214,7 +221,7 @@ def grid_svg(l: LayerResult) -> str:
             ax.set_yscale("log")
         ax.set_xlim(x[lo] - step, x[hi] + step)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("share of values per level")
+        ax.set_ylabel("share of values per level" if g.bin_width == 1 else f"share per {g.bin_width} levels")
         ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False, fontsize=8)
         fig.tight_layout()
         return _to_svg(fig)
@@ -237,9 +244,12 @@ def grid_caption(l: LayerResult) -> str:
     held = _levels_holding(whole, VALUE_SHARE)
     text = ""
     if one.size and one.sum():
-        text = f"One sample occupies {int(np.count_nonzero(one))} of {g.grid_size} levels; "
+        text = f"One sample occupies {g.first_sample_levels} of {g.grid_size} levels; "
+    where = f"on {held} level{'s' if held != 1 else ''}"
+    if g.bin_width > 1:  # the report keeps bins of a 16-bit grid, not its levels
+        where = f"in {held} bin{'s' if held != 1 else ''} of {g.bin_width} levels"
     text += (
-        f"{VALUE_SHARE * 100:.0f}% of all values sit on {held} level{'s' if held != 1 else ''}. Over "
+        f"{VALUE_SHARE * 100:.0f}% of all values sit {where}. Over "
         f"{g.num_samples} samples, a sample occupies a median of {fmt_num(g.median_levels)} levels "
         f"(5th percentile {fmt_num(g.p5_levels)})"
     )

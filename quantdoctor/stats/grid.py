@@ -34,6 +34,9 @@ from quantdoctor.stats.accumulators import result_from_dict
 _CHUNK = 1 << 16  # elements quantized per pass: the temporaries stay in cache
 _MAX_EXACT = 1 << 24  # float32 holds every integer below this, so bin indices are built in float32
 MAX_GRID = 1 << 16  # widest grid (int16) whose level histogram is kept
+MAX_BINS = 256
+"""The result keeps histograms over grids of at most this many levels (8-bit) level by level; wider grids' (16-bit)
+are cut to their occupied range and summed into at most this many bins, so a report does not grow with the bit width."""
 
 Levels = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 """levels(piece, work, out): write the float levels of `piece` (a column slice of the rows) to `out`; `work` is
@@ -212,11 +215,18 @@ class GridCoverage:
 
     `*_levels` are statistics over samples of the number of distinct levels a sample occupies; `*_span` of the share
     of the grid its levels span, (max_level − min_level + 1) / grid_size. Percentiles follow np.percentile (linear)
-    over the per-sample values, exactly. `levels_histogram[k]` = samples occupying k levels (k = 0..grid_size);
-    `few_levels_share` = share of samples on ≤ `few` levels. `grid_size` is qmax − qmin + 1 (255 for the symmetric
-    dynamic variant, whose levels are −127..127). Floats are nan when no sample was seen. `occupancy[i]` counts the
-    values on level `qmin + i` over all samples, `first_sample_occupancy` those of the first sample (empty if none):
-    the whole-data and one-sample distributions on the grid, for the report's histogram.
+    over the per-sample values, exactly, as do `mean_levels` and `few_levels_share` (share of samples on ≤ `few`
+    levels). `grid_size` is qmax − qmin + 1 (255 for the symmetric dynamic variant, whose levels are −127..127).
+    Floats are nan when no sample was seen.
+
+    The histograms are exact on grids of at most `MAX_BINS` levels (int8: every bin width 1). On wider grids (int16)
+    they are binned to at most `MAX_BINS` bins, each bin summing the counts of `*bin_width` consecutive values:
+    - `levels_histogram[k]` = samples occupying k·levels_bin_width .. (k + 1)·levels_bin_width − 1 levels (from 0 up
+      to the most any sample occupies; on 8-bit grids k = 0..grid_size).
+    - `occupancy[k]` counts the values on levels first_level + k·bin_width .. first_level + (k + 1)·bin_width − 1 over
+      all samples, `first_sample_occupancy` those of the first sample (empty if none): the whole-data and one-sample
+      distributions on the grid, for the report's histogram. On wider grids the bins cover the occupied levels only.
+    `first_sample_levels` is the exact number of levels the first sample occupies (0 if none).
     """
 
     num_samples: int
@@ -234,6 +244,14 @@ class GridCoverage:
     zero_point: int = 0
     occupancy: tuple[int, ...] = ()
     first_sample_occupancy: tuple[int, ...] = ()
+    first_level: int = -128
+    bin_width: int = 1
+    levels_bin_width: int = 1
+    first_sample_levels: int = 0
+
+    def bin_centers(self) -> np.ndarray:
+        """The level in the middle of each `occupancy` bin (the level itself when bins are one level wide)."""
+        return self.first_level + self.bin_width * np.arange(len(self.occupancy)) + (self.bin_width - 1) / 2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -241,6 +259,7 @@ class GridCoverage:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GridCoverage:
         data = dict(data)
+        data.setdefault("first_level", data.get("qmin", -128))  # reports before 1.3: occupancy started at qmin
         for key in ("levels_histogram", "occupancy", "first_sample_occupancy"):
             if key in data:
                 data[key] = tuple(data[key])
@@ -334,6 +353,17 @@ class GridCoverageAccumulator:
         n = int(self.levels_histogram.sum())
         size = self.qmax - self.qmin + 1
         levels = np.arange(size + 1)
+        first = self.first_sample if self.first_sample is not None else np.zeros(0, np.int64)
+        if size <= MAX_BINS:  # kept level by level
+            hist_stop, occupied, bins = size + 1, (0, size), size + 1
+        else:  # only the occupied range, binned: what a report of a 16-bit grid can show
+            present = np.flatnonzero(self.levels_histogram)
+            hist_stop = int(present[-1]) + 1 if present.size else 0
+            seen = np.flatnonzero(self.occupancy)  # the first sample's levels are among them
+            occupied = (int(seen[0]), int(seen[-1]) + 1) if seen.size else (0, 0)
+            bins = MAX_BINS
+        levels_histogram, levels_bin_width = bin_counts(self.levels_histogram[:hist_stop], bins)
+        occupancy, bin_width = bin_counts(self.occupancy[slice(*occupied)], bins)
         return GridCoverage(
             num_samples=n,
             grid_size=size,
@@ -344,13 +374,29 @@ class GridCoverageAccumulator:
             p5_span=histogram_percentile(self.span_histogram, 5.0) / size,
             few=self.few,
             few_levels_share=int(self.levels_histogram[: self.few + 1].sum()) / n if n else math.nan,
-            levels_histogram=tuple(int(c) for c in self.levels_histogram),
+            levels_histogram=levels_histogram,
             qmin=self.qmin,
             scale=self.settings[0],
             zero_point=self.settings[1],
-            occupancy=tuple(int(c) for c in self.occupancy),
-            first_sample_occupancy=tuple(int(c) for c in (self.first_sample if self.first_sample is not None else ())),
+            occupancy=occupancy,
+            first_sample_occupancy=bin_counts(first[slice(*occupied)], bins)[0] if first.size else (),
+            first_level=self.qmin + occupied[0],
+            bin_width=bin_width,
+            levels_bin_width=levels_bin_width,
+            first_sample_levels=int(np.count_nonzero(first)),
         )
+
+
+def bin_counts(counts: np.ndarray, max_bins: int) -> tuple[tuple[int, ...], int]:
+    """`counts` summed over consecutive bins of width ⌈len / max_bins⌉ (the last bin may be narrower).
+
+    Returns:
+        (the bin sums as ints, the bin width); an empty `counts` gives ((), 1).
+    """
+    width = max(1, -(-len(counts) // max_bins))
+    if width == 1:
+        return tuple(int(c) for c in counts), 1
+    return tuple(int(c) for c in np.add.reduceat(counts, np.arange(0, len(counts), width))), width
 
 
 def histogram_percentile(counts: np.ndarray, q: float) -> float:

@@ -133,3 +133,19 @@ def test_margins_figure_and_caption(diagnosis):
     assert f"σ = {m.pair_noise_std:.3g}" in text and f"{100 * m.observed_flip_rate:.0f}% did." in text
     assert 0.1 < m.share_below_noise < 0.9  # the figure has samples on both sides of the noise line
     assert margins_svg(d).startswith("<svg")
+
+
+def test_a_16_bit_grid_figure_has_one_bar_per_bin(explained):
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 3.0, (4, 20_000)).astype(np.float32)  # levels 0..30000 of step 1e-4: bins of ⌈30001 / 256⌉
+    acc = GridCoverageAccumulator(1e-4, 0, -32768, 32767)
+    acc.update(x)
+    g = acc.result()
+    quant = dataclasses.replace(act(1e-4, "int16"), zero_points=(0,))
+    layer = dataclasses.replace(explained.layers[3], grid=g, quant=quant)
+    assert g.bin_width == 118 and len(g.occupancy) == 255
+    svg = grid_svg(layer)
+    assert len(svg) < 400_000  # every level drawn, 30,000 bars, was 10 MB and half a minute
+    assert grid_caption(layer).startswith(
+        f"One sample occupies {g.first_sample_levels} of 65536 levels; 95% of all values sit in ")
+    assert "bins of 118 levels" in grid_caption(layer)

@@ -277,3 +277,44 @@ def test_occupancy_counts_values_per_level_and_keeps_the_first_sample():
     assert first == {0: 1, 1: 2, 2: 1}
     merged = GridCoverageAccumulator(0.1).merge(acc).result()
     assert merged.occupancy == r.occupancy and merged.first_sample_occupancy == r.first_sample_occupancy
+
+
+def test_a_16_bit_grid_is_binned_over_its_occupied_levels():
+    # levels 100..1099 (x / 0.01 for x in 1.00..10.99) in 3 samples of 1000 values; the first has 0 in place of 1.00
+    x = np.tile(np.arange(100, 1100, dtype=np.float32) * np.float32(0.01), (3, 1))
+    x[0, 0] = 0.0
+    acc = GridCoverageAccumulator(0.01, 0, -32768, 32767)
+    acc.update(x)
+    r = acc.result()
+    # occupied levels 0..1099: ⌈1100 / 256⌉ = 5 levels per bin, 220 bins from level 0
+    assert r.grid_size == 1 << 16 and r.first_level == 0 and r.bin_width == 5
+    assert len(r.occupancy) == len(r.first_sample_occupancy) == 220
+    assert r.occupancy[:2] == (1, 0) and r.occupancy[19:21] == (0, 2 + 4 * 3)  # levels 0..4, 5..9, 95..99, 100..104
+    assert r.first_sample_occupancy[:2] == (1, 0) and r.first_sample_occupancy[20] == 4
+    assert sum(r.occupancy) == 3000 and sum(r.first_sample_occupancy) == 1000
+    assert r.bin_centers()[0] == 2.0 and r.bin_centers()[-1] == 1097.0
+    # distinct levels: 1000 for each sample, so 1001 bins of width ⌈1001 / 256⌉ = 4 up to the most levels seen
+    assert r.levels_bin_width == 4 and len(r.levels_histogram) == 251 and r.levels_histogram[250] == 3
+    assert r.median_levels == 1000 and r.first_sample_levels == 1000  # the statistics stay exact
+    assert GridCoverage.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+def test_an_8_bit_grid_keeps_every_level():
+    acc = GridCoverageAccumulator(0.1)
+    acc.update(np.random.default_rng(7).normal(0, 3, (5, 40)).astype(np.float32))
+    r = acc.result()
+    assert (r.bin_width, r.levels_bin_width, r.first_level) == (1, 1, -128)
+    assert len(r.occupancy) == 256 and len(r.levels_histogram) == 257
+    assert r.first_sample_levels == sum(1 for c in r.first_sample_occupancy if c)
+
+
+def test_a_binned_result_does_not_grow_with_the_stream():
+    rng = np.random.default_rng(8)
+    acc = GridCoverageAccumulator(1e-4, 0, -32768, 32767)
+    acc.update(rng.normal(0, 1, (10, 300)).astype(np.float32))
+    small = acc.result()
+    for _ in range(20):
+        acc.update(rng.normal(0, 1, (50, 300)).astype(np.float32))
+    big = acc.result()
+    assert max(len(big.occupancy), len(big.levels_histogram)) <= grid.MAX_BINS
+    assert len(json.dumps(big.to_dict())) < 1.3 * len(json.dumps(small.to_dict()))  # only the counts' digits grow
