@@ -57,6 +57,14 @@ def finite(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def input_paths(args: argparse.Namespace) -> list:
+    """Every file or folder a command reads (its model, data, calibration and quantized arguments), so that no output
+    lands on one of them."""
+    names = ("model", "model_a", "model_b", "data", "data_b", "calib", "quantized", "quantized_a", "quantized_b", "recipe")
+    paths = [getattr(args, n, None) for n in names]
+    return [getattr(p, "path", p) for p in paths if p is not None]  # a ModelSource stands for its path
+
+
 def check_output_dir(path: str | os.PathLike[str], option: str, inputs: Iterable, writes: Iterable[str]) -> Path:
     """Refuse an output folder that is a file, cannot be written, or would overwrite an input with one of `writes`.
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from quantdoctor.cli.checks import check_output_dir
+from quantdoctor.cli.checks import check_output_dir, input_paths
 
 DEMO_SCHEMES = ("dynamic-per-tensor", "dynamic")
 ONNX_DEMO_SCHEMES = ("ort-qdq-int8-per-tensor", "ort-qdq-int8")
@@ -48,7 +48,7 @@ def run_diagnose(args: argparse.Namespace) -> int:
     from quantdoctor.report.terminal import render
     from quantdoctor.report.write import write_outputs
 
-    inputs = _inputs(args)
+    inputs = input_paths(args)
     if args.out:
         check_output_dir(args.out, "--out", inputs, ("report.json", "report.html"))
     if getattr(args, "model_explorer", None):
@@ -200,10 +200,3 @@ def _run_onnx_demo(args: argparse.Namespace, out: Path) -> int:
                       f"top-{diag.model.k} {diag.model.topk_agreement:.2f}; {finding}")
     console.print(f"reports written to {out}/<scheme>/report.html and report.json")
     return 0
-
-
-def _inputs(args: argparse.Namespace) -> list:
-    """Every file or folder the command reads, so that no output lands on one of them."""
-    names = ("model", "model_a", "model_b", "data", "data_b", "calib", "quantized", "quantized_a", "quantized_b")
-    paths = [getattr(args, n, None) for n in names]
-    return [getattr(p, "path", p) for p in paths if p is not None]  # a ModelSource stands for its path

@@ -47,11 +47,10 @@ def run_compare(args: argparse.Namespace) -> int:
         raise UserInputError("--scheme-b goes with --scheme (A's scheme); give both")
     out = None
     if args.out:
-        from quantdoctor.cli.checks import check_output_dir
-        from quantdoctor.cli.commands import _inputs
+        from quantdoctor.cli.checks import check_output_dir, input_paths
 
         writes = (COMPARE_JSON, COMPARE_HTML, "a/report.json", "b/report.json")
-        out = check_output_dir(args.out, "--out", _inputs(args), writes)
+        out = check_output_dir(args.out, "--out", input_paths(args), writes)
     from quantdoctor.cli.model_options import model_sources
 
     model_a, model_b = model_sources(args, args.model_a, args.model_b)

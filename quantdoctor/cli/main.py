@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("diagnose", help="compare a float model with its quantized version, layer by layer")
-    d.add_argument("model", help="float model: .keras, .h5, SavedModel directory or float .tflite")
+    d.add_argument("model", help="float model: .keras, .h5, SavedModel directory, TF 1 frozen graph .pb (with "
+                   "--input-arrays/--output-arrays), float .tflite, float .onnx or torch.export .pt2")
     d.add_argument("--data", required=True, help=".npz (x, optional y), .npy, or an image folder (sub-folder per class)")
     q = d.add_mutually_exclusive_group(required=True)
     q.add_argument("--scheme", help="quantize with this scheme (see `quantdoctor schemes`)")

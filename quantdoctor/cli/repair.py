@@ -50,12 +50,11 @@ def run_repair(args: argparse.Namespace) -> int:
     from quantdoctor.repair import repair
 
     if args.out:
-        from quantdoctor.cli.checks import check_output_dir
-        from quantdoctor.cli.commands import _inputs
+        from quantdoctor.cli.checks import check_output_dir, input_paths
         from quantdoctor.repair.api import HTML_NAME, RECIPE_NAME, RESULT_NAME, model_name
 
         runtime = "onnx" if str(args.model).lower().endswith(".onnx") else "tflite"
-        check_output_dir(args.out, "--out", _inputs(args), (model_name(runtime), RECIPE_NAME, RESULT_NAME, HTML_NAME))
+        check_output_dir(args.out, "--out", input_paths(args), (model_name(runtime), RECIPE_NAME, RESULT_NAME, HTML_NAME))
     result = repair(
         model_source(args, args.model), args.data, scheme=args.scheme, quantized=args.quantized, max_drop=args.max_drop,
         metric=args.metric, out=args.out, preprocess=args.preprocess, resize=args.resize, calib=args.calib,
@@ -75,15 +74,14 @@ def run_repair(args: argparse.Namespace) -> int:
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    from quantdoctor.cli.checks import check_output_file, input_paths
     from quantdoctor.files import atomic_write_bytes
-    from quantdoctor.repair.recipe import Recipe, apply_recipe, sha256
-
-    from quantdoctor.cli.checks import check_output_file
     from quantdoctor.repair.actions import Backend
+    from quantdoctor.repair.recipe import Recipe, apply_recipe, sha256
 
     recipe = Recipe.load(args.recipe)
     suffix = ".onnx" if Backend(recipe.backend) == Backend.ORT else ".tflite"
-    out = check_output_file(args.out or f"repaired{suffix}", "--out", (args.recipe, args.model), suffix)
+    out = check_output_file(args.out or f"repaired{suffix}", "--out", input_paths(args), suffix)
     model = apply_recipe(recipe, args.model)
     atomic_write_bytes(out, model)
     same = "same bytes as the repair run" if sha256(model) == recipe.model_sha256 else "bytes differ from the repair run"
