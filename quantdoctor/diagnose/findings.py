@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Callable
 
 from quantdoctor.backends.base import Graph
 from quantdoctor.diagnose.results import Diagnosis, Finding, LayerResult, Severity

@@ -68,14 +68,12 @@ class _Run:
         self.module_labels: dict[str, str] = {}  # ONNX tensor name -> PyTorch module path (torch sources)
 
     def diagnose(self, model_path: Path | Any, data) -> Diagnosis:
-        from quantdoctor.backends.keras.loader import resolve_source
+        from quantdoctor.backends.keras.loader import ModelSource, keras_input_shape, resolve_source
         from quantdoctor.backends.runtimes import RUNTIMES
         from quantdoctor.matching.match import match_graphs
         from quantdoctor.quantize.converter import supports_calibrated_pair
 
         cfg = self.cfg
-        from quantdoctor.backends.keras.loader import ModelSource
-
         source = ModelSource("torch", model_path) if self.module is not None else resolve_source(model_path)
         runtime = RUNTIMES.get("onnx" if source.kind in ("onnx", "torch") else "tflite")
         self._check_scheme(runtime.name)
@@ -101,7 +99,11 @@ class _Run:
         quant_runner = runtime.runner(quant_bytes, cfg.batch_size)
         float_bytes, quant_bytes = float_runner.model, quant_runner.model  # what every index refers to
         self._check_compatible(float_runner, quant_runner)
-        provenance = self._check_provenance(float_runner, quant_runner) if cfg.quantized is not None else None
+        provenance = None
+        if cfg.quantized is not None:  # refused (unless --force) when it was made from another float model
+            from quantdoctor.diagnose.provenance import require_provenance
+
+            provenance = require_provenance(float_runner, quant_runner, cfg.quantized, force=cfg.force)
         num_classes = int(float_runner.outputs()[0].shape[-1]) if float_runner.outputs()[0].shape else 1
         eval_ds.check_labels(num_classes)
 
@@ -280,19 +282,6 @@ class _Run:
                 f"(input {fi.shape}, output {fo.shape}); give the quantized version of this float model"
             )
 
-    def _check_provenance(self, float_runner, quant_runner):
-        """Refuse (unless `force`) a --quantized model whose weights say it was made from another float model."""
-        from quantdoctor.diagnose.provenance import check_provenance
-        from quantdoctor.errors import ModelLoadError
-
-        provenance = check_provenance(float_runner, quant_runner)
-        if provenance.mismatch and not self.cfg.force:
-            raise ModelLoadError(
-                f"the quantized model {self.cfg.quantized} does not come from this float model: "
-                f"{provenance.reason()}; give the quantized version of this model (or --force to diagnose it anyway)"
-            )
-        return provenance
-
     def _labels(self, fg, keras_model, layer_infos, source):
         if source.kind == "frozen":
             from quantdoctor.backends.tf1 import node_labels
@@ -381,17 +370,6 @@ def _data_input_shape(data) -> tuple[int, ...]:
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"cannot read the input shape from {path}: {exc}; give an .npz with x or an .npy") from None
     raise DataError(f"a PyTorch model takes its input shape from the data: give --data as .npz or .npy, not {path.name}")
-
-
-def keras_input_shape(model) -> tuple[int, ...]:
-    from quantdoctor.errors import ModelLoadError
-
-    shape = model.input_shape
-    if isinstance(shape, list):
-        if len(shape) != 1:
-            raise ModelLoadError(f"the model has {len(shape)} inputs; quantdoctor supports single-input models for now")
-        shape = shape[0]
-    return tuple(int(s) for s in shape[1:])
 
 
 def _check_float(g, path: Path) -> None:

@@ -93,6 +93,23 @@ def check_provenance(float_runner: Runner, quant_runner: Runner) -> Provenance:
     return Provenance(f_count, len(q_ops), len(pairs), checked, consistent, worst)
 
 
+def require_provenance(float_runner: Runner, quant_runner: Runner, quantized: object, force: bool = False) -> Provenance:
+    """`check_provenance`, refusing the pair unless `force` when the weights say it was made from another float model.
+
+    Raises:
+        ModelLoadError: a mismatch without `force` (the message names the `quantized` file and the way out).
+    """
+    from quantdoctor.errors import ModelLoadError
+
+    provenance = check_provenance(float_runner, quant_runner)
+    if provenance.mismatch and not force:
+        raise ModelLoadError(
+            f"the quantized model {quantized} does not come from this float model: {provenance.reason()}; "
+            "give the quantized version of this model (or --force to diagnose it anyway)"
+        )
+    return provenance
+
+
 def _share_within_step(float_runner, fg, f_op, quant_runner, qg, q_op) -> float | None:
     """Share of the op's weight elements within a step of the float weights; None when they cannot be compared."""
     try:

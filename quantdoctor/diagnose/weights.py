@@ -8,7 +8,6 @@ reported, with nan SQNRs and a note.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
@@ -18,7 +17,6 @@ from quantdoctor.backends.base import Graph, OpInfo, TensorInfo
 from quantdoctor.backends.tflite.graph import graph_from_interpreter
 from quantdoctor.diagnose.layers import is_dynamic_range
 from quantdoctor.matching.types import MatchMethod
-from quantdoctor.errors import ModelLoadError
 from quantdoctor.stats.weights import OUTPUT_CHANNEL_AXIS, WeightReport, dequantize, weight_report
 
 _DEDUP_DIGITS = re.compile(r"\d+$")

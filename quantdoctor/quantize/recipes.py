@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from quantdoctor.backends.keras.loader import one_line
-from quantdoctor.errors import ModelLoadError, QuantDoctorError, UserInputError
+from quantdoctor.errors import QuantDoctorError, UserInputError
 from quantdoctor.quantize.converter import (
     Calibration,
     ConversionError,

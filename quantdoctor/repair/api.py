@@ -238,7 +238,7 @@ def _dataset(data: Any, source: Any, keras_model: Any, preprocess: str, resize: 
     if isinstance(data, Dataset):
         return data
     if keras_model is not None:
-        from quantdoctor.diagnose.pipeline import keras_input_shape
+        from quantdoctor.backends.keras.loader import keras_input_shape
 
         shape = keras_input_shape(keras_model)  # refuses several inputs in one line
     elif source.kind == "onnx":

@@ -68,6 +68,8 @@ class Builder:
             e.g. when replaying a recipe, which stores its ranges).
     """
 
+    runtime = "tflite"  # the runtime of the float model and of what it builds
+
     def __init__(
         self, scheme: str, backend: Backend, float_model: bytes, ranges: Ranges | None = None, calibration: Any = None
     ) -> None:
@@ -175,10 +177,10 @@ class Builder:
     def range_for(self, action: CalibrationRange) -> tuple[float, float]:
         """The range `action` chooses, from a histogram of the float activation over the calibration set."""
         if action not in self._range_cache:
-            from quantdoctor.backends.tflite.runner import TfliteRunner
+            from quantdoctor.backends.runtimes import RUNTIMES
             from quantdoctor.repair.ranges import activation_range
 
-            runner = TfliteRunner(self.float_model, 16)
+            runner = RUNTIMES.get(self.runtime).runner(self.float_model, 16)
             self._range_cache[action] = activation_range(runner, action, self.ranges[action.tensor], self.calibration)
         return self._range_cache[action]
 

@@ -190,6 +190,8 @@ class OrtBuilder(Builder):
         calibration: a `Dataset` (None when replaying a recipe).
     """
 
+    runtime = "onnx"
+
     def __init__(self, scheme: str, float_model: bytes, ranges: Ranges | None = None, calibration: Any = None) -> None:
         super().__init__(scheme, Backend.ORT, named(float_model), ranges, calibration)
         self.float_model = bytes(float_model)  # what evaluations and diagnoses compare against (node names aside)
@@ -273,16 +275,6 @@ class OrtBuilder(Builder):
             if isinstance(a, CalibrationRange):
                 ranges[a.tensor] = self.range_for(a)
         return ranges
-
-    def range_for(self, action: CalibrationRange) -> tuple[float, float]:
-        """The range `action` chooses, from a histogram of the float activation over the calibration set."""
-        if action not in self._range_cache:
-            from quantdoctor.backends.onnx.runner import OnnxRunner
-            from quantdoctor.repair.ranges import activation_range
-
-            runner = OnnxRunner(self.float_model, 16)
-            self._range_cache[action] = activation_range(runner, action, self.ranges[action.tensor], self.calibration)
-        return self._range_cache[action]
 
     # -- building ------------------------------------------------------------------------------------------------------
     def _base_model(self) -> bytes:

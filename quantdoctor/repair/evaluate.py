@@ -10,7 +10,6 @@ them all for capture, which a whole-model pass does not need).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable

@@ -6,7 +6,6 @@ TensorFlow and Keras are imported inside the functions that need them, after `qu
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +177,20 @@ def _check_keras_container(path: Path) -> None:
             f"{path} is not an HDF5 file (no HDF5 signature; truncated, damaged or another format); "
             "save the model again with model.save('model.h5') or as .keras"
         )
+
+
+def keras_input_shape(model: Any) -> tuple[int, ...]:
+    """The per-sample input shape of a single-input Keras model.
+
+    Raises:
+        ModelLoadError: the model has several inputs.
+    """
+    shape = model.input_shape
+    if isinstance(shape, list):
+        if len(shape) != 1:
+            raise ModelLoadError(f"the model has {len(shape)} inputs; quantdoctor supports single-input models for now")
+        shape = shape[0]
+    return tuple(int(s) for s in shape[1:])
 
 
 def require_fixed_input_shape(model: Any, where: str) -> None:

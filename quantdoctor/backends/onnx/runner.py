@@ -190,13 +190,19 @@ class OnnxRunner:
         """An initializer as stored (integers stay integers)."""
         from onnx import numpy_helper
 
-        from quantdoctor.backends.onnx.loader import parse_model
-
         name = self.graph.tensors[index].name
-        init = next((t for t in parse_model(self.model).graph.initializer if t.name == name), None)
+        init = self._initializers().get(name)
         if init is None:
             raise DataError(f"tensor {index} ({name}) is not a constant of the model")
         return numpy_helper.to_array(init)
+
+    def _initializers(self) -> dict:
+        """Initializer protos by name, from one parse of the model (callers read every weight in turn)."""
+        if getattr(self, "_init_by_name", None) is None:
+            from quantdoctor.backends.onnx.loader import parse_model
+
+            self._init_by_name = {t.name: t for t in parse_model(self.model).graph.initializer}
+        return self._init_by_name
 
     @classmethod
     def from_path(cls, path: str | Path, batch_size: int = 16) -> OnnxRunner:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantdoctor.backends.base import Graph, OpInfo, QuantParams, TensorInfo, WeightInfo
+from quantdoctor.backends.base import Graph, OpInfo, QuantParams, TensorInfo
 
 __all__ = ["CONVERSION_OPS", "DYNAMIC_RANGE_MIN_ELEMENTS", "WEIGHTED_OPS", "Graph", "OpInfo", "TensorInfo", "graph_from_interpreter"]
 
