@@ -18,6 +18,7 @@ from quantdoctor.stats.classification import ClassLoss, ModelMetrics
 from quantdoctor.stats.grid import GridCoverage
 from quantdoctor.stats.margins import OutputMargins
 from quantdoctor.stats.weights import WeightReport
+from quantdoctor.tasks.base import TaskResult
 
 __all__ = [
     "ClassLoss", "MatchMethod", "ModelMetrics", "QuantParams", "TensorError", "Unmatched", "WeightInfo",
@@ -227,7 +228,7 @@ class Diagnosis:
     """Everything one diagnose run measured. Renderers read this and nothing else."""
 
     run: RunInfo
-    model: ModelMetrics
+    model: ModelMetrics | None  # the classifier metrics; None when the task is not `classify`
     layers: tuple[LayerResult, ...]
     unmatched: tuple[Unmatched, ...]
     coverage: Coverage
@@ -236,6 +237,7 @@ class Diagnosis:
     findings: tuple[Finding, ...] = ()  # ranked: verified causes first (see diagnose/verify.py), then by severity
     verification: Verification | None = None  # counterfactuals at the output: located causes, sensitivity table
     repros: tuple[Repro, ...] = ()  # one per kernel-defect finding, written next to the report
+    task: TaskResult | None = None  # the task's metrics and every output measured on its own (quantdoctor/tasks)
     schema_version: str = SCHEMA_VERSION
 
     def layer_at(self, position: int) -> LayerResult | None:
@@ -254,7 +256,8 @@ class Diagnosis:
             "schema_version": self.schema_version,
             "tool": "quantdoctor",
             "run": self.run.to_dict(),
-            "model": self.model.to_dict(),
+            "model": None if self.model is None else self.model.to_dict(),
+            "task": None if self.task is None else self.task.to_dict(),
             "coverage": self.coverage.to_dict(),
             "onset": self.onset.to_dict() if self.onset else None,
             "worst_layers": [l.position for l in self.worst_layers()],
