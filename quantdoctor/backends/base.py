@@ -22,6 +22,28 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 
+# A batch for a model: one array for a single-input model, a tuple with one array per input (in the model's input
+# order) for a model with several inputs. Samples are on the first axis of every array.
+Batch = np.ndarray | tuple[np.ndarray, ...]
+
+
+def as_inputs(batch: Batch) -> tuple[np.ndarray, ...]:
+    """The arrays of a batch, one per model input."""
+    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+
+
+def batch_len(batch: Batch) -> int:
+    """How many samples a batch holds."""
+    return int(as_inputs(batch)[0].shape[0])
+
+
+def batch_slice(batch: Batch, stop: int) -> Batch:
+    """The first `stop` samples of a batch, in the batch's own form."""
+    if isinstance(batch, (tuple, list)):
+        return tuple(b[:stop] for b in batch)
+    return batch[:stop]
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """Name, per-sample shape and dtype of a model input or output."""
@@ -200,11 +222,15 @@ class Runner(Protocol):
 
     def outputs(self) -> list[TensorSpec]: ...
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: Batch) -> np.ndarray:
         """First output for a float batch, as float32 (quantized outputs are dequantized)."""
         ...
 
-    def capture(self, batch: np.ndarray, names: Sequence[int], copy: bool = True) -> dict[int, np.ndarray]:
+    def run_all(self, batch: Batch) -> list[np.ndarray]:
+        """Every output for a float batch, in the model's output order, as float32."""
+        ...
+
+    def capture(self, batch: Batch, names: Sequence[int], copy: bool = True) -> dict[int, np.ndarray]:
         """Values (float32, dequantized) of the given tensors for a float batch."""
         ...
 
@@ -238,7 +264,7 @@ class SpliceRunner(Protocol):
 
     outputs: tuple[int, ...]  # the graph outputs
 
-    def run(self, x: np.ndarray, compute: Callable[[int, list[np.ndarray]], list[np.ndarray]]) -> list[np.ndarray]:
+    def run(self, x: Batch, compute: Callable[[int, list[np.ndarray]], list[np.ndarray]]) -> list[np.ndarray]:
         """Float32 graph outputs; `compute(op, input values)` returns each replaced op's outputs."""
         ...
 

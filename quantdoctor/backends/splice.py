@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from quantdoctor.backends.base import Graph
+from quantdoctor.backends.base import Batch, Graph, as_inputs
 from quantdoctor.errors import DataError
 
 Compute = Callable[[int, list[np.ndarray]], list[np.ndarray]]
@@ -79,14 +79,17 @@ class SpliceBase:
         """A float value as this model's tensor `t` would hold it (quantized and back for integer tensors)."""
         raise NotImplementedError
 
-    def run(self, x: np.ndarray, compute: Compute) -> list[np.ndarray]:
-        """Float32 graph outputs for the float batch `x`.
+    def run(self, x: Batch, compute: Compute) -> list[np.ndarray]:
+        """Float32 graph outputs for the float batch `x` (one array, or one per model input).
 
         Args:
             compute: `compute(op_index, inputs) -> outputs` for each replaced op: `inputs` are the float values of the
                 op's activation inputs in `_op_inputs` order, `outputs` one float array per op output.
         """
-        values: dict[int, np.ndarray] = {t: np.asarray(x, dtype=np.float32) for t in self.graph.inputs}
+        arrays = as_inputs(x)
+        if len(arrays) != len(self.graph.inputs):
+            raise DataError(f"the model has {len(self.graph.inputs)} inputs; {len(arrays)} array(s) were given")
+        values: dict[int, np.ndarray] = {t: np.asarray(a, dtype=np.float32) for t, a in zip(self.graph.inputs, arrays)}
         for kind, what, ins, outs in self.steps:
             args = [values[t] for t in ins]
             results = what.run(args) if kind == "cut" else compute(what, args)

@@ -157,7 +157,8 @@ def load_dataset(
 
     Args:
         path: the file or folder; never modified.
-        input_shape: the model's per-sample input shape, e.g. (224, 224, 3).
+        input_shape: the model's per-sample input shape, e.g. (224, 224, 3); for a model with several inputs an
+            `InputSpecs` (see `data/multi.py`: an .npz with one array per input, read as a `MultiDataset`).
         preprocess: name of a preset in `PRESETS`.
         resize: how image files are fitted to the model size: "crop" (ImageNet-style) or "stretch".
 
@@ -166,6 +167,10 @@ def load_dataset(
         UnknownNameError: an unknown preset or resize mode.
     """
     PRESETS.get(preprocess)  # fail on a typo before scanning a large folder
+    from quantdoctor.data.multi import InputSpecs, load_multi_dataset
+
+    if isinstance(input_shape, InputSpecs):  # a model with several inputs
+        return load_multi_dataset(path, input_shape, preprocess=preprocess)
     shape = tuple(input_shape)
     if Path(path).is_dir() and _channels_first(shape):  # images are (H, W, C); an ONNX/PyTorch model takes (C, H, W)
         hwc = (*shape[1:], shape[0])

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from quantdoctor.backends.base import Graph, TensorSpec
+from quantdoctor.backends.base import Batch, Graph, TensorSpec, as_inputs
 from quantdoctor.backends.onnx.loader import read_onnx
 from quantdoctor.backends.onnx.subgraph import OpRunner, Splice, downstream, from_tensor, to_tensor
 from quantdoctor.errors import DataError, ModelLoadError
@@ -56,7 +56,7 @@ class OnnxRunner:
         num_threads: intra-op threads; default all cores.
 
     Raises:
-        ModelLoadError: the bytes are not a model ORT can load, or the model has several inputs.
+        ModelLoadError: the bytes are not a model ORT can load.
     """
 
     def __init__(self, model: bytes, batch_size: int = 16, num_threads: int | None = None) -> None:
@@ -67,52 +67,58 @@ class OnnxRunner:
         self.batch_size = batch_size
         self._threads = num_threads
         graph = graph_from_onnx(self.model)
-        if len(graph.inputs) != 1:
-            raise ModelLoadError(
-                f"the model has {len(graph.inputs)} inputs; quantdoctor supports single-input models for now")
         self._session = load_session(capturing_model(self.model, graph), num_threads=num_threads)
-        self._in = self._session.get_inputs()[0]
-        self._in_index = graph.inputs[0]
+        by_name = {i.name: i for i in self._session.get_inputs()}
+        self._ins = [by_name[graph.tensors[t].name] for t in graph.inputs]  # the graph's input order
+        self._in = self._ins[0]
         dim0 = self._in.shape[0] if self._in.shape else None
         self._fixed_batch = dim0 if isinstance(dim0, int) and dim0 > 0 else None
-        self._in_dtype = np.dtype(graph.tensors[self._in_index].dtype) if graph.tensors[self._in_index].dtype != \
-            "undefined" else np.dtype(np.float32)
+        self._in_dtypes = [np.dtype(graph.tensors[t].dtype) if graph.tensors[t].dtype != "undefined"
+                           else np.dtype(np.float32) for t in graph.inputs]
         self._batch_major = downstream(graph, graph.inputs)
         self.graph: Graph = graph
         unknown = [t for t in graph.activations()
                    if graph.tensors[t].dtype == "undefined" or not graph.tensors[t].shape]
-        if unknown and all(isinstance(d, int) for d in self._in.shape[1:]):
+        if unknown and all(isinstance(d, int) for i in self._ins for d in i.shape[1:]):
             # shape inference could not type every tensor: take what one all-zero sample shows
-            probe = np.zeros((self._fixed_batch or 1, *self._in.shape[1:]), np.float32)
+            probe = tuple(np.zeros((self._fixed_batch or 1, *i.shape[1:]), np.float32) for i in self._ins)
             self.graph = with_observed(graph, self._fetch(probe, unknown, raw=True))
         self._op_runner: OpRunner | None = None
 
     def inputs(self) -> list[TensorSpec]:
-        info = self.graph.tensors[self._in_index]
-        return [TensorSpec(info.name, tuple(info.shape[1:]), info.dtype)]
+        infos = [self.graph.tensors[t] for t in self.graph.inputs]
+        return [TensorSpec(info.name, tuple(info.shape[1:]), info.dtype) for info in infos]
 
     def outputs(self) -> list[TensorSpec]:
         infos = [self.graph.tensors[t] for t in self.graph.outputs]
         return [TensorSpec(info.name, tuple(info.shape[1:]), info.dtype) for info in infos]
 
-    def _feed(self, batch: np.ndarray) -> np.ndarray:
-        return to_tensor(np.asarray(batch), self.graph.tensors[self._in_index].quant, self._in_dtype)
+    def _feed(self, batch: Batch) -> list[np.ndarray]:
+        arrays = as_inputs(batch)
+        if len(arrays) != len(self._ins):
+            raise DataError(f"the model has {len(self._ins)} inputs but the batch holds {len(arrays)} array(s); "
+                            "give one array per input")
+        return [to_tensor(np.asarray(x), self.graph.tensors[t].quant, dtype)
+                for x, t, dtype in zip(arrays, self.graph.inputs, self._in_dtypes)]
 
-    def _fetch(self, batch: np.ndarray, indices: Sequence[int], raw: bool = False) -> dict[int, np.ndarray]:
+    def _fetch(self, batch: Batch, indices: Sequence[int], raw: bool = False) -> dict[int, np.ndarray]:
         """Values of the tensors produced by ops (float32 unless raw), batch run in chunks if the model fixes it."""
         names = [self.graph.tensors[i].name for i in indices]
         if not names:
             return {}
-        x = self._feed(batch)
-        n = x.shape[0]
+        xs = self._feed(batch)
+        n = xs[0].shape[0]
         step = self._fixed_batch or max(n, 1)
         chunks: list[list[np.ndarray]] = []
         for start in range(0, max(n, 1), step):
-            part = x[start:start + step]
-            if part.shape[0] < step:
-                part = np.concatenate([part, np.zeros((step - part.shape[0], *part.shape[1:]), part.dtype)])
+            feed = {}
+            for info, x in zip(self._ins, xs):
+                part = x[start:start + step]
+                if part.shape[0] < step:
+                    part = np.concatenate([part, np.zeros((step - part.shape[0], *part.shape[1:]), part.dtype)])
+                feed[info.name] = part
             try:
-                values = self._session.run(names, {self._in.name: part})
+                values = self._session.run(names, feed)
             except Exception as exc:  # wrong shape or dtype: ORT's first line says which
                 text = str(exc).strip().splitlines()
                 first = text[0] if text else type(exc).__name__
@@ -128,11 +134,16 @@ class OnnxRunner:
                 out[i] = parts[0]
         return out
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: Batch) -> np.ndarray:
         """The first graph output for a float batch, as float32 (dequantized if integer)."""
         return self.capture(batch, [self.graph.outputs[0]])[self.graph.outputs[0]]
 
-    def capture(self, batch: np.ndarray, names: Sequence[int], copy: bool = True) -> dict[int, np.ndarray]:
+    def run_all(self, batch: Batch) -> list[np.ndarray]:
+        """Every graph output for a float batch, in the graph's order, as float32 (dequantized if integer)."""
+        values = self.capture(batch, list(self.graph.outputs))
+        return [values[t] for t in self.graph.outputs]
+
+    def capture(self, batch: Batch, names: Sequence[int], copy: bool = True) -> dict[int, np.ndarray]:
         """Run a batch and return the float32 values of the given tensors (by index).
 
         Graph inputs come back as fed, constants as stored (dequantized), everything else as the session computed it.
@@ -150,7 +161,7 @@ class OnnxRunner:
             if i in out:
                 continue
             if i in self.graph.inputs:
-                out[i] = from_tensor(self._feed(batch), info.quant)
+                out[i] = from_tensor(self._feed(batch)[self.graph.inputs.index(i)], info.quant)
             elif info.is_constant:
                 init = next(t for t in parse_model(self.model).graph.initializer if t.name == info.name)
                 out[i] = from_tensor(numpy_helper.to_array(init), info.quant)

@@ -7,11 +7,11 @@ from typing import Sequence
 
 import numpy as np
 
-from quantdoctor.backends.base import TensorSpec
+from quantdoctor.backends.base import Batch, TensorSpec, as_inputs
 from quantdoctor.backends.tflite.extract import to_tensor_dtype
 from quantdoctor.backends.tflite.graph import Graph, graph_from_interpreter
 from quantdoctor.backends.tflite.subgraph import OpRunner, Splice, dequantize
-from quantdoctor.errors import ModelLoadError
+from quantdoctor.errors import DataError, ModelLoadError
 
 
 def read_tflite(path: str | Path) -> bytes:
@@ -29,6 +29,15 @@ def read_tflite(path: str | Path) -> bytes:
     except ModelLoadError as exc:
         raise ModelLoadError(f"{exc}; the file is truncated or damaged: export the .tflite again") from None
     return data
+
+
+def _to_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """A float batch as the input tensor stores it (quantized with its parameters when integer)."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return x.astype(dtype, copy=False)
+    scale, zp = detail["quantization"]
+    return to_tensor_dtype(x, dtype, np.array([scale]), np.array([zp]))
 
 
 class TfliteRunner:
@@ -49,49 +58,43 @@ class TfliteRunner:
         self.batch_size = batch_size
         self._interp = load_interpreter(self.model, preserve_all_tensors=True, num_threads=num_threads)
         try:
-            inp = self._interp.get_input_details()
-            if len(inp) != 1:
-                raise ModelLoadError(f"the model has {len(inp)} inputs; quantdoctor supports single-input models for now")
-            self._in = inp[0]
-            shape = list(self._in["shape"])
-            if shape and shape[0] != batch_size:
-                shape[0] = batch_size
-                self._interp.resize_tensor_input(self._in["index"], shape, strict=False)
+            for detail in self._interp.get_input_details():
+                shape = list(detail["shape"])
+                if shape and shape[0] != batch_size:
+                    shape[0] = batch_size
+                    self._interp.resize_tensor_input(detail["index"], shape, strict=False)
             self._interp.allocate_tensors()
-        except ModelLoadError:
-            raise
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"LiteRT cannot load the model: {first}") from None
         self.graph: Graph = graph_from_interpreter(self._interp)
         self._op_runner: OpRunner | None = None
-        self._in = self._interp.get_input_details()[0]
+        # Inputs and outputs in the order of the graph (the model's signature order), not the interpreter's listing.
+        by_index = {d["index"]: d for d in self._interp.get_input_details()}
+        self._ins = [by_index[t] for t in self.graph.inputs if t in by_index] or list(by_index.values())
+        self._in = self._ins[0]
         self._out = self._interp.get_output_details()
 
     def inputs(self) -> list[TensorSpec]:
-        d = self._in
-        return [TensorSpec(d["name"], tuple(int(s) for s in d["shape"][1:]), np.dtype(d["dtype"]).name)]
+        return [TensorSpec(d["name"], tuple(int(s) for s in d["shape"][1:]), np.dtype(d["dtype"]).name) for d in self._ins]
 
     def outputs(self) -> list[TensorSpec]:
         return [TensorSpec(d["name"], tuple(int(s) for s in d["shape"][1:]), np.dtype(d["dtype"]).name) for d in self._out]
 
-    def _invoke(self, batch: np.ndarray) -> int:
-        n = batch.shape[0]
+    def _invoke(self, batch: Batch) -> int:
+        arrays = as_inputs(batch)
+        if len(arrays) != len(self._ins):
+            raise DataError(f"the model has {len(self._ins)} inputs but the batch holds {len(arrays)} array(s); "
+                            "give one array per input")
+        n = arrays[0].shape[0]
         if n > self.batch_size:
             raise ValueError(f"batch of {n} exceeds the runner's batch size {self.batch_size}")
-        if n < self.batch_size:
-            pad = np.zeros((self.batch_size - n,) + batch.shape[1:], dtype=batch.dtype)
-            batch = np.concatenate([batch, pad])
-        self._interp.set_tensor(self._in["index"], self._quantize_input(batch))
+        for detail, x in zip(self._ins, arrays):
+            if n < self.batch_size:
+                x = np.concatenate([x, np.zeros((self.batch_size - n,) + x.shape[1:], dtype=x.dtype)])
+            self._interp.set_tensor(detail["index"], _to_input(x, detail))
         self._interp.invoke()
         return n
-
-    def _quantize_input(self, x: np.ndarray) -> np.ndarray:
-        dtype = np.dtype(self._in["dtype"])
-        if dtype.kind == "f":
-            return x.astype(dtype, copy=False)
-        scale, zp = self._in["quantization"]
-        return to_tensor_dtype(x, dtype, np.array([scale]), np.array([zp]))
 
     def dequantized(self, index: int, n: int, copy: bool = True) -> np.ndarray:
         """The float32 value of one tensor from the last invoke (first n samples along a batch axis).
@@ -108,11 +111,15 @@ class TfliteRunner:
             return value.astype(np.float32, copy=False)
         return dequantize(value, np.asarray(qp.scales), np.asarray(qp.zero_points), qp.axis or 0)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: Batch) -> np.ndarray:
         n = self._invoke(batch)
-        return self.dequantized(self._out[0]["index"], n)
+        return self.dequantized(self.graph.outputs[0], n)
 
-    def capture(self, batch: np.ndarray, names: Sequence[int], copy: bool = True) -> dict[int, np.ndarray]:
+    def run_all(self, batch: Batch) -> list[np.ndarray]:
+        n = self._invoke(batch)
+        return [self.dequantized(t, n) for t in self.graph.outputs]
+
+    def capture(self, batch: Batch, names: Sequence[int], copy: bool = True) -> dict[int, np.ndarray]:
         """Run a batch and return the float32 values of the given tensors (see `dequantized` for `copy`)."""
         n = self._invoke(batch)
         return {i: self.dequantized(i, n, copy) for i in names}
