@@ -131,6 +131,7 @@ class TaskOptions:
         score_threshold, iou_threshold: detect: a detection counts when its score ≥ score_threshold; a quantized and a
             float detection match when they have the same class and IoU ≥ iou_threshold.
         top_k: classify's k.
+        class_axis: segment: the per-sample axis of the class scores (0 for (C, H, W), 2 or -1 for (H, W, C)).
         metric: a user function `(float_outputs, quant_outputs) -> dict[str, float]` (task "custom"), averaged over
             batches weighted by their sizes.
     """
@@ -143,6 +144,7 @@ class TaskOptions:
     score_threshold: float = 0.25
     iou_threshold: float = 0.5
     top_k: int = 3
+    class_axis: int | None = None
     metric: Callable[[list[np.ndarray], list[np.ndarray]], dict[str, float]] | None = None
 
 
