@@ -24,6 +24,10 @@ The catalogue (one detector each, registered in `DETECTORS`; thresholds are modu
 - `float_ops` — ops left in float, or (de)quantize pairs inserted inside an integer model: not an error by themselves,
   but they cost speed and mark where the converter gave up.
 - `accumulated_drift` — the output error is large but no op stands out: many small errors add up.
+- `mixed_ranges` (`diagnose/mixed_ranges.py`) — a concatenation, addition or model output whose parts (inputs, or runs
+  of channels of similar range) span ranges ≥ `RANGE_RATIO` (20) apart share one scale, so the narrow part spans ≤
+  `FEW_LEVELS` (16) steps (box coordinates in pixels next to class scores). Activation-outlier and grid-coverage
+  findings on the same ops are its symptoms and drop to info.
 
 Each finding's `score` estimates the share of the output error it accounts for (the `output_error_share` of its layers,
 or the margin model's explained share); severity: `critical` when the model measurably loses (top-1 agreement below
@@ -82,7 +86,7 @@ DETECTORS: Registry[Detector] = Registry("finding mechanism")
 def find_all(diagnosis: Diagnosis, graph: Graph | None = None) -> tuple[Finding, ...]:
     """Every detector's findings, ranked: severity, then score, then depth (earlier first)."""
     ctx = Context(diagnosis, graph)
-    found = [f for _, detect in DETECTORS.items() for f in detect(ctx)]
+    found = _mixed.absorb_symptoms([f for _, detect in DETECTORS.items() for f in detect(ctx)])
     upstream = [f for f in found if f.mechanism != "output_margins" and f.severity is Severity.CRITICAL]
     if upstream:  # the noise at the logits comes from a critical op upstream: the margins are not the cause
         found = [
@@ -408,3 +412,6 @@ def _with_consumers(ctx: Context, layer: LayerResult) -> list[LayerResult]:
     """The layer plus those that read it: a crushed activation hurts where it is consumed, so their error counts too."""
     consumers = [l for l in ctx.diagnosis.layers if layer.float_tensor in l.input_tensors]
     return [layer] + consumers
+
+
+from quantdoctor.diagnose import mixed_ranges as _mixed  # noqa: E402  (registers its detector; it imports from here)

@@ -7,7 +7,8 @@ the isolated error (the op alone on the float input) if measured, else the growt
 one change removes, not noise spread over many layers. Findings with several positions (one mechanism in many ops)
 become group candidates. An op type whose worst layer stands out also gets group candidates (per-channel weights or the
 kernel workaround for every op of that type with the same weight storage), because a kernel defect hits every op that
-runs the same kernel, while the accumulated error only shows the first of them. An `output_margins` finding on an
+runs the same kernel, while the accumulated error only shows the first of them. A `mixed_ranges` finding proposes its
+op and readers kept in float, and 16-bit activations up to the op where the scales meet. An `output_margins` finding on an
 8-bit integer output also proposes the decision range for it (`repair.ranges.decision_range`): the range judged by the
 top-k decisions it keeps, where MSE or KL keep the wide range that one far-off class stretches.
 """
@@ -118,6 +119,22 @@ def _group_actions(op_type: str, ops: tuple[str, ...], scheme: str) -> list[Acti
     return actions
 
 
+def _mixed_ranges_actions(finding: Any, members: list, scheme: str, quantized: set[str] | None) -> list[Action]:
+    """A `mixed_ranges` finding: keep the op where the scales meet and its readers in float (all of them: an integer
+    reader would take the float output back onto the same shared grid), or give that op's output (and the narrow
+    input's producer, when it was put on the shared scale) 16-bit activations. Splitting the output into separate
+    outputs is a model change no action expresses."""
+    where = finding.evidence.get("position") if hasattr(finding, "evidence") else None
+    merge = [(op, layer) for op, layer in members if layer.position == where] or members[:1]
+    actions: list[Action] = []
+    if scheme in CALIBRATED_SCHEMES and scheme not in SIXTEEN_BIT_SCHEMES:
+        at = tuple(op for op, layer in members if layer.position <= merge[0][1].position and _quantized(layer, op, quantized))
+        if at:
+            actions.append(Int16Activations(ops=at))
+    actions.append(KeepFloat(ops=tuple(op for op, _ in members)))
+    return actions
+
+
 def rank_candidates(diagnosis: Any, scheme: str, op_names: set[str], max_layers: int = 6,
                     quantized: set[str] | None = None) -> list[Candidate]:
     """Candidate actions for the layers the diagnosis blames most, best first.
@@ -165,7 +182,9 @@ def rank_candidates(diagnosis: Any, scheme: str, op_names: set[str], max_layers:
             reason += f", verified: exact recovers {100 * check.recovery:.0f}% of the loss"
         elif check is not None:
             bonus *= REFUTED_FACTOR
-        if len(members) > 1:
+        if getattr(finding, "mechanism", "") == "mixed_ranges":
+            acts = _mixed_ranges_actions(finding, members, scheme, quantized)
+        elif len(members) > 1:
             types = {layer.op_type for _, layer in members}
             acts = _group_actions(types.pop() if len(types) == 1 else "", tuple(op for op, _ in members), scheme)
             if len(set(l.op_type for _, l in members)) > 1:

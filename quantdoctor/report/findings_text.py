@@ -122,6 +122,27 @@ def _measured(e: dict[str, Any], where: str) -> str:
             f"output; no mechanism of the catalogue names {'it' if e['ops'] == 1 else 'them'}.{proxy}")
 
 
+def _mixed_ranges(e: dict[str, Any], where: str) -> str:
+    part = "input" if e.get("grouped_by") == "inputs" else "channel group"
+    levels = e["occupied_levels"]
+    text = (
+        f"{e['op_type']} '{e['op']}' shares one {e['dtype']} scale ({fmt_num(e['shared_scale'])}) between parts "
+        f"spanning {fmt_num(e['wide_min'])}..{fmt_num(e['wide_max'])} ({e['wide_part']}) and "
+        f"{fmt_num(e['small_min'])}..{fmt_num(e['small_max'])} ({e['small_part']}, {_times(e['range_ratio'])} "
+        f"narrower): the small {part} spans {fmt_num(e['small_levels'])} steps and rounds to "
+        f"{_count(levels, 'level')}; its SQNR is {fmt_db(e['small_sqnr_db'])} dB against "
+        f"{fmt_db(e['wide_sqnr_db'])} dB for the other"
+    )
+    if e.get("sqnr_basis") != "measured per channel group":
+        text += " (values spread over each range, rounded on the shared grid)"
+    before = e.get("small_input_sqnr_db")
+    if isinstance(before, float) and not math.isnan(before):
+        text += f"; it had {fmt_db(before)} dB before {e['op']}"
+    if e.get("requantize_op", -1) >= 0:
+        text += f", and the QUANTIZE op {e['requantize_op']} in front of {e['op']} moves it onto the shared scale"
+    return text + "."
+
+
 def _foreign(e: dict[str, Any], where: str) -> str:
     return (f"The quantized model was not made from this float model: {e['reason']}. Diagnosed anyway (--force); the "
             "numbers below compare two different models.")
@@ -138,6 +159,7 @@ MECHANISM_TEXT: dict[str, tuple[str, _Render]] = {
     "output_margins": ("output margins vs quantization noise", _margins),
     "float_ops": ("ops left in float / inserted (de)quantize pairs", _float_ops),
     "accumulated_drift": ("drift accumulated over many small errors", _drift),
+    "mixed_ranges": ("mixed ranges on one scale", _mixed_ranges),
 }
 """Mechanism → (title, sentence builder). The catalogue itself is documented in `quantdoctor.diagnose.findings`."""
 
@@ -154,6 +176,8 @@ def finding_sentence(finding, diagnosis=None) -> str:
     score = finding.score
     if isinstance(score, float) and not math.isnan(score) and finding.mechanism not in ("output_margins", "accumulated_drift"):
         text += f" It builds up about {_pct(score)} of the output error."
+    if finding.evidence.get("explained_by"):
+        text += f" A symptom of the mixed ranges at {finding.evidence['explained_by']}."
     if finding.fix:
         text += f" Fix: {finding.fix}."
     check = check_sentence(finding, diagnosis)
