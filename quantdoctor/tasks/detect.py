@@ -56,8 +56,8 @@ def postprocess_outputs(outputs: Sequence[TensorSpec]) -> tuple[int, int, int, i
 def raw_layout(shape: Sequence[int], options: TaskOptions) -> tuple[int, tuple[int, int], tuple[int, int]]:
     """(channel axis, box slice, score slice) of a raw head of per-sample `shape`.
 
-    The channel axis is the one whose size equals the end of `score_slice` when that is given, else the smaller one
-    (anchors outnumber channels: 8400 vs 84).
+    The channel axis is the one whose size equals the end of `score_slice` when that is given (the last one when
+    both do), else the smaller one (anchors outnumber channels: 8400 vs 84).
 
     Raises:
         UserInputError: the shape is not (A, channels) / (channels, A), the axis cannot be told, or a slice does not fit.
@@ -67,8 +67,8 @@ def raw_layout(shape: Sequence[int], options: TaskOptions) -> tuple[int, tuple[i
                              "pass --class-output with the head's index")
     a, b = (int(d) for d in shape)
     width = options.score_slice[1] if options.score_slice else None
-    if width is not None and (a == width) != (b == width):
-        axis = 0 if a == width else 1
+    if width is not None and width in (a, b):
+        axis = 1 if b == width else 0
     elif a != b:
         axis = 0 if a < b else 1
     else:
