@@ -30,6 +30,14 @@ def add_parsers(sub) -> None:
     r.add_argument("--out", metavar="DIR",
                    help="write repaired.tflite (.onnx), recipe.json, repair.json and repair.html here")
     r.add_argument("--rank-size", type=whole(1), default=32, help="samples the search ranks candidates on (default: 32)")
+    r.add_argument("--executor", default="local", choices=("local", "ray"),
+                   help="where each round's candidates are evaluated: local (this process, the default) or ray "
+                        "(Ray actors; pip install 'quantdoctor[ray]'); the search decides the same either way")
+    r.add_argument("--workers", type=whole(1), default=None, metavar="N",
+                   help="Ray actors evaluating candidates (default: one per CPU); only with --executor ray")
+    r.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join a Ray cluster: auto (the one on this machine) or ray://host:port (default: start one "
+                        "with --workers CPUs, shut down at the end)")
     from quantdoctor.cli.main import add_data_options
 
     add_data_options(r)
@@ -59,7 +67,8 @@ def run_repair(args: argparse.Namespace) -> int:
         model_source(args, args.model), args.data, scheme=args.scheme, quantized=args.quantized, max_drop=args.max_drop,
         metric=args.metric, out=args.out, preprocess=args.preprocess, resize=args.resize, calib=args.calib,
         calib_count=args.calib_count, batch_size=args.batch_size, top_k=args.top_k, max_samples=args.max_samples,
-        rank_size=args.rank_size,
+        rank_size=args.rank_size, executor=args.executor, workers=args.workers,
+        ray_address=args.ray_address,
     )
     print(result.to_json() if args.json else result.summary())
     if args.out:

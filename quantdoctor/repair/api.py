@@ -37,6 +37,9 @@ def repair(
     max_samples: int | None = None,
     rank_size: int = 32,
     search: Any = None,
+    executor: str = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> RepairResult:
     """Find the fewest actions that bring the quantized model within `max_drop` points of the float model on `metric`.
 
@@ -51,6 +54,8 @@ def repair(
         out: folder for repaired.tflite (repaired.onnx), recipe.json and repair.json (written atomically).
         rank_size: samples of the evaluation set the search ranks candidates on.
         search: a `repair.search.SearchConfig` (its max_drop is replaced by `max_drop`).
+        executor: where each round's candidates are evaluated: "local" (this process) or "ray" (`workers` Ray actors;
+            `ray_address` joins a cluster: "auto" or "ray://host:port"). The search decides the same either way.
 
     Returns:
         A `RepairResult`; `budget_met` is False (and `model` the best found) when the budget cannot be met.
@@ -68,6 +73,9 @@ def repair(
     start = time.perf_counter()
     if max_drop < 0:
         raise UserInputError(f"--max-drop must be 0 or more points, got {max_drop}")
+    from quantdoctor.executors import make_executor
+
+    pool = make_executor(executor, workers, ray_address)  # checked now; nothing starts before the first round
     p = prepare(model, data, scheme, quantized, preprocess=preprocess, resize=resize, calib=calib,
                 calib_count=calib_count, max_samples=max_samples)
     source, runtime, given, scheme, eval_ds, builder = p.source, p.runtime, p.given, p.scheme, p.eval_ds, p.builder
@@ -86,11 +94,12 @@ def repair(
         actions, final, trajectory, skipped, changed = [], baseline, (), {}, 0
         repaired = given if given is not None else builder.build([])
     else:
-        engine = GreedySearch(builder, evaluator, diagnose_fn, cfg)
+        engine = GreedySearch(builder, evaluator, diagnose_fn, cfg, executor=pool)
         try:
             actions, final = engine.run()
         finally:
             diagnose_fn.cleanup()
+            pool.close()
         trajectory, skipped, changed = tuple(engine.state.trajectory), engine.state.skipped, engine.changed_ops(actions)
         repaired = builder.build(actions)
         final = evaluator.evaluate(repaired, full=True)  # fresh, full evaluation of the exact bytes to be written

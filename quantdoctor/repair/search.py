@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from quantdoctor.executors.base import Executor, WorkerMethod
 from quantdoctor.repair.actions import Action, KernelWorkaround, PerChannel
 from quantdoctor.repair.build import Builder
 from quantdoctor.repair.candidates import Candidate, rank_candidates
@@ -39,11 +40,47 @@ class SearchState:
     best: tuple[float, list[Action]] | None = None
 
 
-class GreedySearch:
-    """One search run. `diagnose(model_bytes)` returns a Diagnosis of a candidate on the ranking subset."""
+@dataclass(frozen=True)
+class Outcome:
+    """A candidate's evaluation, or why the quantizer (or the runtime) rejected it; `model` = the bytes built."""
 
-    def __init__(self, builder: Builder, evaluator: Evaluator, diagnose: Callable[[bytes], Any], config: SearchConfig):
+    evaluation: Evaluation | None
+    error: str | None = None
+    model: bytes | None = None
+
+
+class CandidateWorker:
+    """Evaluates candidate action lists (a build and one quantized pass each) with a builder and an evaluator made once
+    per worker (on Ray: copies read from the object store, float outputs and batches included)."""
+
+    def __init__(self, builder: Builder, evaluator: Evaluator) -> None:
+        self.builder, self.evaluator = builder, evaluator
+
+    def evaluate(self, job: tuple[tuple[Action, ...], int]) -> Outcome:
+        """`job` = (actions, ranking subset size): the size travels with each job, as the search may widen it."""
+        actions, rank_size = job
+        self.evaluator.rank_size = rank_size
+        try:
+            model = self.builder.build(list(actions))
+            return Outcome(self.evaluator.evaluate(model), model=model)
+        except Exception as exc:  # noqa: BLE001 - a quantizer that rejects one candidate must not end the search
+            return Outcome(None, str(exc) or type(exc).__name__)
+
+
+class GreedySearch:
+    """One search run. `diagnose(model_bytes)` returns a Diagnosis of a candidate on the ranking subset.
+
+    `executor` evaluates each round's candidates (in this process by default; on Ray actors with the "ray" executor);
+    its results come back in the candidates' order, so the decisions are the same wherever they ran.
+    """
+
+    def __init__(self, builder: Builder, evaluator: Evaluator, diagnose: Callable[[bytes], Any], config: SearchConfig,
+                 executor: Executor | None = None):
+        from quantdoctor.executors.local import LocalExecutor
+
         self.builder, self.evaluator, self.diagnose, self.cfg = builder, evaluator, diagnose, config
+        self.executor = executor if executor is not None else LocalExecutor()
+        self._worker = WorkerMethod(CandidateWorker, (builder, evaluator), "evaluate")
         self.state = SearchState()
         self._why: dict[Action, Any] = {}  # the diagnosis each kept action was chosen from (to order its members)
         self.start = time.perf_counter()
@@ -127,26 +164,13 @@ class GreedySearch:
         tried: list[tuple[Candidate, Evaluation]] = []
         if ranked and ranked[0].verified and self.evaluator.count < self.cfg.max_evaluations:
             # A fix for a proven cause is tried alone first: when it improves, the runners-up need no evaluation.
-            try:
-                ev = self._eval(self.state.actions + [ranked[0].action])
-            except Exception as exc:  # noqa: BLE001 - see below
-                self.state.skipped[ranked[0].action.describe()] = f"the quantizer failed: {str(exc).splitlines()[0][:160]}"
-            else:
+            for cand, ev in self._eval_many(ranked[:1]):
                 if ev.value > reference:
-                    return [(ranked[0], ev)]
-                tried.append((ranked[0], ev))
+                    return [(cand, ev)]
+                tried.append((cand, ev))
             ranked = ranked[1:]
         for r in range(self.cfg.rounds_per_step):
-            chunk = ranked[r * self.cfg.per_step : (r + 1) * self.cfg.per_step]
-            for cand in chunk:
-                if self.evaluator.count >= self.cfg.max_evaluations:
-                    break
-                try:
-                    ev = self._eval(self.state.actions + [cand.action])
-                except Exception as exc:  # noqa: BLE001 - a quantizer that rejects one candidate must not end the search
-                    self.state.skipped[cand.action.describe()] = f"the quantizer failed: {str(exc).splitlines()[0][:160]}"
-                    continue
-                tried.append((cand, ev))
+            tried += self._eval_many(ranked[r * self.cfg.per_step : (r + 1) * self.cfg.per_step])
             # Those that meet the budget first, the smallest change among them; then the best metric.
             tried.sort(key=lambda ce: (
                 not self._within(ce[1]),
@@ -228,6 +252,29 @@ class GreedySearch:
     def _eval(self, actions: list[Action]) -> Evaluation:
         return self.evaluator.evaluate(self.builder.build(actions))
 
+    def _eval_many(self, candidates: list[Candidate]) -> list[tuple[Candidate, Evaluation]]:
+        """Each candidate added to the current actions, evaluated through the executor, as a loop would evaluate them
+        one by one: while the evaluation budget lasts (a rejected candidate costs none, so the next one takes its
+        place), rejections recorded as skipped; the evaluations in the candidates' order."""
+        done: list[tuple[Candidate, Evaluation]] = []
+        pending = list(candidates)
+        while pending and self.evaluator.count < self.cfg.max_evaluations:
+            batch, pending = pending[: self.cfg.max_evaluations - self.evaluator.count], \
+                pending[self.cfg.max_evaluations - self.evaluator.count :]
+            jobs = [(tuple(self.state.actions + [c.action]), self.evaluator.rank_size) for c in batch]
+            # Counted here from the outcomes: in this process the worker's evaluator is this one and has counted
+            # already; on Ray it is a copy. Setting (not adding) is right either way, and sums in the same order.
+            count, seconds = self.evaluator.count, self.evaluator.seconds
+            for cand, (actions, _), out in zip(batch, jobs, self.executor.map(self._worker, jobs)):
+                if out.evaluation is None:
+                    self.state.skipped[cand.action.describe()] = f"the quantizer failed: {out.error.splitlines()[0][:160]}"
+                    continue
+                count, seconds = count + 1, seconds + out.evaluation.seconds
+                _remember(self.builder, actions, out.model)
+                done.append((cand, out.evaluation))
+            self.evaluator.count, self.evaluator.seconds = count, seconds
+        return done
+
     def _within(self, ev: Evaluation) -> bool:
         return ev.drop <= self.cfg.max_drop + 1e-9
 
@@ -238,6 +285,16 @@ class GreedySearch:
             float_ops=float_ops, latency_ms=round(ev.latency_ms, 3), evaluations=self.evaluator.count,
             seconds=round(time.perf_counter() - self.start, 2), full=full or ev.samples == len(self.evaluator.dataset),
         ))
+
+
+def _remember(builder: Builder, actions: tuple[Action, ...], model: bytes | None) -> None:
+    """Put a model a worker built into this process' build cache, so keeping the candidate does not build it again.
+
+    The cache is private to `Builder` (its key for plain actions is the action tuple); a builder without one rebuilds.
+    """
+    cache = getattr(builder, "_cache", None)
+    if isinstance(cache, dict) and model is not None:
+        cache.setdefault(tuple(actions), model)
 
 
 def _int8_weight_ops(model: bytes) -> list[tuple[str, str]]:

@@ -1,0 +1,147 @@
+"""The Ray executor: items run on Ray actors, one CPU each; results come back in the items' order.
+
+A `WorkerMethod`'s arguments are put into Ray's object store once and every actor makes its object from them once, so a
+worker pays the set-up (reading the builder, the float outputs, the batches) once and then only the items' own work.
+Items are handed to whichever actor is free (`ray.util.ActorPool`), so slow and fast items balance out.
+
+Ray is imported when this executor is made, never by `import quantdoctor`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Sequence
+
+from quantdoctor.errors import UserInputError
+from quantdoctor.executors.base import EXECUTORS, Profile, WorkerMethod
+
+INSTALL_HINT = "pip install 'quantdoctor[ray]'"
+
+
+def import_ray() -> Any:
+    """The `ray` module.
+
+    Raises:
+        UserInputError: Ray is not installed (one line that says how to install it).
+    """
+    try:
+        import ray
+    except ImportError:
+        raise UserInputError(f"--executor ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+class _Worker:
+    """The actor: one object made by `factory(*args)`, then `method(item)` calls on it."""
+
+    def __init__(self, factory: Callable[..., Any], *args: Any) -> None:
+        self.obj = factory(*args)
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def call(self, method: str, item: Any) -> Any:
+        return getattr(self.obj, method)(item)
+
+
+@EXECUTORS.register("ray")
+class RayExecutor:
+    """Runs `map` on Ray.
+
+    Args:
+        workers: actors per `WorkerMethod` (one CPU each); None = every CPU of the cluster.
+        address: join this cluster ("auto": the one running on this machine, "ray://host:port": a remote one); None =
+            join the one this process already connected to, else start a local one with `workers` CPUs. Only a
+            cluster started here is shut down by `close`.
+    """
+
+    name = "ray"
+
+    def __init__(self, workers: int | None = None, address: str | None = None) -> None:
+        self._ray = import_ray()
+        self._requested, self.address = workers, address
+        self.started = False
+        self.profile = Profile()
+        self._pools: dict[int, tuple[WorkerMethod, list[Any]]] = {}
+        self._actor_class: Any = None
+
+    # -- cluster -------------------------------------------------------------------------------------------------------
+    def _connect(self) -> None:
+        ray = self._ray
+        if ray.is_initialized():
+            return
+        start = time.perf_counter()
+        if self.address is not None:
+            ray.init(address=self.address, log_to_driver=False, logging_level="WARNING")
+        else:
+            ray.init(num_cpus=self._requested or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                     logging_level="WARNING")
+            self.started = True
+        self.profile.startup += time.perf_counter() - start
+
+    @property
+    def workers(self) -> int:
+        if self._requested is not None:
+            return self._requested
+        self._connect()
+        return max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+
+    def _actors(self, fn: WorkerMethod) -> list[Any]:
+        """The actors of `fn`, started (and their objects made) on first use."""
+        if id(fn) in self._pools:
+            return self._pools[id(fn)][1]
+        ray = self._ray
+        self._connect()
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if self.workers > cpus:  # an actor without a free CPU would wait forever
+            raise UserInputError(f"--workers {self.workers} is more than the {cpus} CPU(s) of the Ray cluster; "
+                                 f"give --workers {max(cpus, 1)} or fewer")
+        if self._actor_class is None:
+            self._actor_class = ray.remote(num_cpus=1)(_Worker)
+        start = time.perf_counter()
+        refs = [ray.put(a) for a in fn.args]  # once; every actor reads the same objects
+        self.profile.transfer += time.perf_counter() - start
+        start = time.perf_counter()
+        actors = [self._actor_class.remote(fn.factory, *refs) for _ in range(self.workers)]
+        ray.get([a.ready.remote() for a in actors])  # raises here when a factory fails
+        self.profile.startup += time.perf_counter() - start
+        self._pools[id(fn)] = (fn, actors)
+        return actors
+
+    # -- work ----------------------------------------------------------------------------------------------------------
+    def map(self, fn: Callable[[Any], Any] | WorkerMethod, items: Sequence[Any]) -> list[Any]:
+        ray = self._ray
+        if not items:
+            return []
+        if isinstance(fn, WorkerMethod):
+            from ray.util import ActorPool
+
+            pool = ActorPool(self._actors(fn))
+            start = time.perf_counter()
+            out = list(pool.map(lambda actor, item: actor.call.remote(fn.method, item), list(items)))
+        else:
+            self._connect()
+            start = time.perf_counter()
+            task = ray.remote(num_cpus=1)(fn)
+            out = ray.get([task.remote(item) for item in items])
+        self.profile.mapping += time.perf_counter() - start
+        self.profile.items += len(items)
+        return out
+
+    def close(self) -> None:
+        ray = self._ray
+        if ray.is_initialized():
+            for _, actors in self._pools.values():
+                for actor in actors:
+                    ray.kill(actor)
+        self._pools.clear()
+        if self.started and ray.is_initialized():
+            ray.shutdown()
+        self.started = False
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
