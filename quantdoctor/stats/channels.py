@@ -20,6 +20,8 @@ from quantdoctor.errors import DataError
 from quantdoctor.stats.accumulators import result_from_dict
 from quantdoctor.stats.metrics import sqnr_from_sums
 
+CHUNK_ELEMENTS = 1 << 20  # elements converted to float64 at a time
+
 
 @dataclass(frozen=True)
 class ChannelError:
@@ -80,10 +82,14 @@ class ChannelErrorAccumulator:
             self.num_channels, self.sums = channels, _empty_sums(channels)
         if channels != self.num_channels:
             raise DataError(f"batch has {channels} channels but earlier batches had {self.num_channels}")
-        ref = ref.reshape(-1, channels).astype(np.float64)
-        if ref.shape[0] == 0:
-            return
-        err = tst.reshape(-1, channels).astype(np.float64) - ref
+        ref, tst = ref.reshape(-1, channels), tst.reshape(-1, channels)
+        # Float64 copies a chunk at a time: a segmentation batch is ~10^7 elements, and a whole copy would double it.
+        step = max(1, CHUNK_ELEMENTS // max(channels, 1))
+        for lo in range(0, ref.shape[0], step):
+            self._add_rows(ref[lo:lo + step].astype(np.float64), tst[lo:lo + step].astype(np.float64))
+
+    def _add_rows(self, ref: np.ndarray, tst: np.ndarray) -> None:
+        err = tst - ref
         s = self.sums
         s[0] += np.einsum("ij,ij->j", ref, ref)
         s[1] += np.einsum("ij,ij->j", err, err)

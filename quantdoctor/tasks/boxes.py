@@ -48,7 +48,7 @@ def to_xyxy(boxes: np.ndarray, box_format: str) -> np.ndarray:
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of `a` (K, 4) with every box of `b` (M, 4), xyxy: |a ∩ b| / |a ∪ b|; 0 when the union is 0."""
+    """IoU of every box of `a` (K, 4) with every box of `b` (M, 4), xyxy: |a ∩ b| / |a ∪ b|; 0 for an empty union."""
     lo = np.maximum(a[:, None, :2], b[None, :, :2])
     hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
@@ -65,15 +65,24 @@ def nms(dets: Detections, iou: float = NMS_IOU, limit: int = MAX_DETECTIONS) -> 
     order = np.argsort(-dets.scores, kind="stable")
     keep: list[int] = []
     suppressed = np.zeros(len(dets), dtype=bool)
+    b = dets.boxes
+    areas = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
     for i in order:
         if suppressed[i]:
             continue
         keep.append(int(i))
         if len(keep) == limit:
             break
-        # One row at a time: a collapsed head can pass thousands of anchors, and a full IoU matrix would not fit.
-        overlaps = iou_matrix(dets.boxes[i:i + 1], dets.boxes)[0]
-        suppressed |= (dets.classes == dets.classes[i]) & (overlaps > iou)
+        # One row at a time, against the live boxes of the class: a collapsed head can pass thousands of anchors,
+        # and a full IoU matrix would not fit.
+        rest = np.flatnonzero(~suppressed & (dets.classes == dets.classes[i]))
+        w = np.clip(np.minimum(b[i, 2], b[rest, 2]) - np.maximum(b[i, 0], b[rest, 0]), 0, None)
+        h = np.clip(np.minimum(b[i, 3], b[rest, 3]) - np.maximum(b[i, 1], b[rest, 1]), 0, None)
+        inter = w * h
+        union = areas[i] + areas[rest] - inter
+        with np.errstate(divide="ignore", invalid="ignore"):
+            overlaps = np.where(union > 0, inter / union, 0.0)
+        suppressed[rest[overlaps > iou]] = True
     k = np.asarray(keep, dtype=np.int64)
     return Detections(dets.boxes[k], dets.classes[k], dets.scores[k])
 

@@ -60,7 +60,7 @@ def raw_layout(shape: Sequence[int], options: TaskOptions) -> tuple[int, tuple[i
     both do), else the smaller one (anchors outnumber channels: 8400 vs 84).
 
     Raises:
-        UserInputError: the shape is not (A, channels) / (channels, A), the axis cannot be told, or a slice does not fit.
+        UserInputError: the shape is not (A, channels) / (channels, A), the axis is unclear, or a slice does not fit.
     """
     if len(shape) != 2:
         raise UserInputError(f"a raw detection head has shape (anchors, 4+classes) per sample, not {tuple(shape)}; "

@@ -103,3 +103,13 @@ def test_group_rule(ranges, expected):
     hi = np.asarray(ranges, dtype=np.float64)
     assert group_channels(-hi / 2, hi / 2) == expected
     assert group_channels(np.zeros(len(hi)), hi, ratio=8.0) == expected
+
+
+def test_chunked_batches_equal_one_chunk(monkeypatch, data):
+    ref, test = data
+    whole = _streamed(ref, test, []).result()
+    monkeypatch.setattr("quantdoctor.stats.channels.CHUNK_ELEMENTS", 7)  # 1 row of 6 channels a chunk
+    chunked = _streamed(ref, test, []).result()
+    assert chunked.count == whole.count
+    np.testing.assert_allclose(chunked.sum_err_sq, whole.sum_err_sq, rtol=1e-12)
+    assert chunked.max == whole.max and chunked.max_abs_error == whole.max_abs_error

@@ -23,7 +23,8 @@ def test_auto_rules(shapes, task):
 
 @pytest.mark.parametrize("shapes", [((8400, 84),), ((1,),), ((17, 3), (1000,)), ()])
 def test_auto_refuses_what_it_cannot_tell(shapes):
-    with pytest.raises(UserInputError, match=r"^cannot tell the task .* pass --task detect\|segment\|classify\|regress"):
+    message = r"^cannot tell the task .* pass --task detect\|segment\|classify\|regress"
+    with pytest.raises(UserInputError, match=message):
         resolve_task("auto", specs(*shapes), TaskOptions())
 
 
