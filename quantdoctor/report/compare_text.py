@@ -168,7 +168,8 @@ def render(c, console) -> None:
 def metric_rows(c) -> list[tuple[str, str, str, str]]:
     """(metric title, A, B, B − A) as text for every metric either side has (shared by the terminal and HTML)."""
     rows = []
-    k = c.a.model.k
+    # k of the classifier's top-k; a side without classifier metrics (a detector) has no top-k rows to title.
+    k = next((d.model.k for d in (c.a, c.b) if d.model is not None), "k")
     for m in c.metrics:
         if m.a is None and m.b is None:
             continue

@@ -26,6 +26,34 @@ def layers_frame(diagnosis: Diagnosis):  # -> pandas.DataFrame
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+OUTPUT_COLUMNS = (
+    "index", "output", "role", "shape", "group", "start", "stop", "sqnr_db", "relative_error", "max_abs_error",
+    "float_min", "float_max", "levels",
+)
+
+
+def outputs_frame(diagnosis: Diagnosis):  # -> pandas.DataFrame
+    """One row per model output (group None), then one per channel group of it; empty without a task result.
+
+    A group row carries the group's SQNR and range; the output-wide errors (relative, max) are NaN there.
+    """
+    import pandas as pd
+
+    rows = []
+    for o in diagnosis.task.outputs if diagnosis.task is not None else ():
+        shape = "x".join(str(n) for n in o.shape)
+        rows.append({"index": o.index, "output": o.name, "role": o.role, "shape": shape, "group": None,
+                     "start": math.nan, "stop": math.nan, "sqnr_db": o.sqnr_db, "relative_error": o.relative_error,
+                     "max_abs_error": o.max_abs_error, "float_min": math.nan, "float_max": math.nan,
+                     "levels": math.nan})
+        for g in o.groups:
+            rows.append({"index": o.index, "output": o.name, "role": o.role, "shape": shape, "group": g.name,
+                         "start": g.start, "stop": g.stop, "sqnr_db": g.sqnr_db, "relative_error": math.nan,
+                         "max_abs_error": math.nan, "float_min": g.float_min, "float_max": g.float_max,
+                         "levels": _num(g.levels)})
+    return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+
+
 def layer_row(layer: LayerResult) -> dict[str, Any]:
     """The flat record of one layer, keyed by `COLUMNS` (inf is kept; a missing number is NaN, missing text None)."""
     q, w = layer.quant, layer.weights

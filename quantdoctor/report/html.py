@@ -22,6 +22,7 @@ def render_html(diagnosis: Diagnosis) -> str:
     from quantdoctor.report import findings_text as ft
     from quantdoctor.report.figures import report_figures
     from quantdoctor.report.plots import error_by_depth_svg, excess_caption
+    from quantdoctor.report.task_figures import task_figures
 
     template = _environment().get_template("report.html.j2")
     return template.render(
@@ -35,8 +36,10 @@ def render_html(diagnosis: Diagnosis) -> str:
         # matplotlib writes the SVGs and escapes their text itself; they hold no script and no external reference.
         figures=[(f, Markup(f.svg)) for f in report_figures(diagnosis)],
         header_rows=s.header_rows(diagnosis.run),
-        metric_rows=s.metric_rows(diagnosis.model),
-        worst_classes=s.worst_class_lines(diagnosis.model),
+        metric_rows=s.metric_rows(diagnosis.model) if diagnosis.model is not None else [],
+        worst_classes=s.worst_class_lines(diagnosis.model) if diagnosis.model is not None else [],
+        task=_task_view(diagnosis),
+        task_figures=[(f, Markup(f.svg)) for f in task_figures(diagnosis)],
         onset_sentence=s.onset_sentence(diagnosis),
         depth_svg=Markup(error_by_depth_svg(diagnosis)),
         depth_caption=" ".join(t for t in (s.depth_caption(diagnosis), excess_caption(diagnosis)) if t),
@@ -50,6 +53,27 @@ def render_html(diagnosis: Diagnosis) -> str:
         unmatched_sentence=s.unmatched_sentence(diagnosis),
         timing_sentence=s.timing_sentence(diagnosis.run),
     )
+
+
+def _task_view(diagnosis: Diagnosis) -> dict[str, Any] | None:
+    """What the template shows of the task: its headline and metrics (only without classifier metrics), the outputs."""
+    from quantdoctor.report import outputs_text as ot
+
+    task = diagnosis.task
+    if task is None:
+        return None
+    alone = diagnosis.model is None
+    return {
+        "line": ot.task_line(task) if alone else "",
+        "headline": ot.headline_sentence(task) if alone else "",
+        "metric_columns": ot.TASK_METRIC_COLUMNS,
+        "metric_rows": ot.task_metric_rows(task) if alone else [],
+        "output_columns": ot.OUTPUT_COLUMNS,
+        "output_rows": [ot.output_row(o) for o in task.outputs],
+        "group_columns": ot.GROUP_COLUMNS,
+        "group_rows": ot.group_rows(task),
+        "group_sentences": ot.group_sentences(task),
+    }
 
 
 def _finding_view(finding, diagnosis: Diagnosis) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Terminal view of a `Diagnosis`: header, model metrics, error onset, worst layers, coverage."""
+"""Terminal view of a `Diagnosis`: header, model (or task) metrics, outputs, error onset, worst layers, coverage."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def renderable(diagnosis: Diagnosis, worst: int = 10, compact: bool = False) -> 
         header(diagnosis),
         Text(""),
         metrics(diagnosis),
+        *_section(outputs(diagnosis)),
         Text(""),
         onset(diagnosis),
         Text(""),
@@ -59,7 +60,10 @@ def header(d: Diagnosis) -> Table:
     return table
 
 
-def metrics(d: Diagnosis) -> Table:
+def metrics(d: Diagnosis) -> RenderableType:
+    """The classifier metrics; for any other task (no `model`), the task's headline and metrics."""
+    if d.model is None:
+        return task_metrics(d)
     table = _key_value_table("Model metrics")
     for key, value in s.metric_rows(d.model):
         table.add_row(key, value)
@@ -67,6 +71,51 @@ def metrics(d: Diagnosis) -> Table:
     if lines:
         table.add_row("Worst classes", "\n".join(lines))
     return table
+
+
+def task_metrics(d: Diagnosis) -> RenderableType:
+    """The task's headline sentence and every metric (float value where the float model has its own)."""
+    from quantdoctor.report import outputs_text as ot
+
+    task = d.task
+    if task is None:
+        return Text("Model metrics: none measured (no task result).")
+    # Titles as text above the tables: rich would wrap a table's title to the (narrow) table's width.
+    table = _table()
+    for name in ot.TASK_METRIC_COLUMNS:
+        table.add_column(name, justify="left" if name == "Metric" else "right", overflow="fold")
+    for row in ot.task_metric_rows(task):
+        table.add_row(*row)
+    return Group(Text(ot.task_line(task), style="bold"), Text(ot.headline_sentence(task)), table)
+
+
+def outputs(d: Diagnosis) -> RenderableType | None:
+    """Every output measured on its own, its channel groups, and a sentence where one group collapses."""
+    from quantdoctor.report import outputs_text as ot
+
+    task = d.task
+    if task is None or not task.outputs:
+        return None
+    table = _table()
+    for name in ot.OUTPUT_COLUMNS:
+        table.add_column(name, justify="left" if name in ("Output", "Role", "Shape") else "right", overflow="fold")
+    for o in task.outputs:
+        table.add_row(*ot.output_row(o))
+    parts: list[RenderableType] = [
+        Text("Outputs (SQNR in dB; errors against the float output over all samples)", style="bold"), table]
+    groups = ot.group_rows(task)
+    if groups:
+        gt = _table()
+        for name in ot.GROUP_COLUMNS:
+            gt.add_column(name, justify="left" if name in ("Output", "Group") else "right", overflow="fold")
+        for row in groups:
+            gt.add_row(*row)
+        parts += [Text(""), Text("Channel groups (levels: steps of the output's grid the float range spans)",
+                                 style="bold"), gt]
+    sentences = ot.group_sentences(task)
+    if sentences:
+        parts += [Text(""), *(Text(sentence) for sentence in sentences)]
+    return Group(*parts)
 
 
 def onset(d: Diagnosis) -> Text:
@@ -137,6 +186,15 @@ def worst_layers(d: Diagnosis, n: int = 10, compact: bool = False) -> Table:
 
 def coverage(d: Diagnosis) -> Text:
     return Text(f"{s.coverage_sentence(d)}\n{s.unmatched_sentence(d)}")
+
+
+def _table() -> Table:
+    return Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+
+
+def _section(part: RenderableType | None) -> tuple[RenderableType, ...]:
+    """A blank line and the section, or nothing for a section without data (old reports keep their layout)."""
+    return () if part is None else (Text(""), part)
 
 
 def _key_value_table(title: str) -> Table:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -20,6 +21,7 @@ from quantdoctor.diagnose.results import (
     Unmatched,
     WeightInfo,
 )
+from quantdoctor.tasks.base import ChannelGroup, OutputMetrics, TaskResult
 
 
 def tensor_error(sqnr_db: float, ref_rms: float = 2.0, samples: int = 20) -> TensorError:
@@ -167,3 +169,83 @@ def make_healthy_diagnosis() -> Diagnosis:
     return Diagnosis(run=run, model=metrics, layers=make_layers(rows), unmatched=(),
                      coverage=Coverage(matched=9, float_tensors=9, weighted_layers_matched=7, weighted_layers=7),
                      onset=None)
+
+
+# -- diagnoses of other tasks (quantdoctor/tasks): the headline and the outputs come from `Diagnosis.task` --------------
+
+DETECT_EXAMPLE = {
+    "sample": 17,
+    "box_format": "xyxy",
+    "float": [[4.0, 6.0, 20.0, 26.0, 3, 0.98], [30.0, 8.0, 44.0, 30.0, 7, 0.91], [50.0, 34.0, 62.0, 60.0, 1, 0.95]],
+    "quant": [],
+}
+
+
+def make_detect_task(example: dict | None = None) -> TaskResult:
+    """A YOLO-style detector whose single output packs boxes [0:4] (0..63.8) and class scores [4:14] (0..1) on one
+    int8 grid of step 0.527: the boxes keep 121 levels, the scores 2."""
+    out = OutputMetrics(
+        index=0, name="Identity", role="boxes + class scores", shape=(84, 14), sqnr_db=6.3, relative_error=0.484,
+        max_abs_error=51.2,
+        groups=(ChannelGroup("box [0:4]", 0, 4, 0.0, 63.8, 38.1, 121.0),
+                ChannelGroup("scores [4:14]", 4, 14, 0.0, 1.0, 2.1, 2.0)),
+    )
+    return TaskResult(
+        task="detect", headline="f1",
+        metrics={"f1": 0.12, "precision": 0.5, "recall": 0.07, "mean_iou": 0.81, "count_ratio": 0.14},
+        outputs=(out,), num_samples=40, details={"example": dict(DETECT_EXAMPLE if example is None else example)},
+    )
+
+
+def make_segment_task() -> TaskResult:
+    """An 8x8 three-class segmenter whose quantized mask loses 8 pixels of class 2 to class 0 on sample 4."""
+    float_mask = [[0] * 8 for _ in range(8)]
+    for r in range(2, 6):
+        for c in range(1, 4):
+            float_mask[r][c] = 1  # 12 pixels
+        for c in range(5, 8):
+            float_mask[r][c] = 2  # 12 pixels
+    quant_mask = [row[:] for row in float_mask]
+    for r in (2, 3):
+        for c in range(5, 8):
+            quant_mask[r][c] = 0
+    for r in (4, 5):
+        quant_mask[r][7] = 0  # class 2 loses 6 + 2 = 8 pixels
+    out = OutputMetrics(index=0, name="logits", role="mask logits", shape=(8, 8, 3), sqnr_db=14.2,
+                        relative_error=0.195, max_abs_error=3.4)
+    return TaskResult(
+        task="segment", headline="mean_iou", metrics={"mean_iou": 0.62, "pixel_agreement": 0.875},
+        outputs=(out,), num_samples=12,
+        details={"example": {"sample": 4, "float_mask": float_mask, "quant_mask": quant_mask}},
+    )
+
+
+def make_classify_task() -> TaskResult:
+    """The classifier of `make_diagnosis` seen as a task: top-1 agreement 0.35, accuracy 0.85 → 0.30."""
+    out = OutputMetrics(index=0, name="predictions", role="class scores", shape=(10,), sqnr_db=3.2,
+                        relative_error=0.692, max_abs_error=5.1)
+    return TaskResult(
+        task="classify", headline="top1_agreement",
+        metrics={"top1_agreement": 0.35, "top5_agreement": 0.8, "top1_accuracy": 0.3},
+        outputs=(out,), num_samples=20, float_values={"top1_accuracy": 0.85},
+    )
+
+
+def make_task_diagnosis(task: TaskResult) -> Diagnosis:
+    """`make_diagnosis`'s layers with no classifier metrics: a detector or segmenter."""
+    return dataclasses.replace(make_diagnosis(), model=None, task=task, margins=None)
+
+
+@pytest.fixture
+def detect_diagnosis() -> Diagnosis:
+    return make_task_diagnosis(make_detect_task())
+
+
+@pytest.fixture
+def segment_diagnosis() -> Diagnosis:
+    return make_task_diagnosis(make_segment_task())
+
+
+@pytest.fixture
+def classify_task_diagnosis() -> Diagnosis:
+    return dataclasses.replace(make_diagnosis(), task=make_classify_task())

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -60,3 +61,47 @@ def test_json_has_no_bare_inf_or_nan(diagnosis):
     text = diagnosis.to_json()
     assert "Infinity" not in text and "NaN" not in text
     assert math.isinf(float(json.loads(text)["layers"][0]["input_sqnr_db"]))
+
+
+def test_task_reports_validate_and_carry_the_task(validator, detect_diagnosis, segment_diagnosis,
+                                                  classify_task_diagnosis):
+    for d in (detect_diagnosis, segment_diagnosis, classify_task_diagnosis):
+        doc = json.loads(d.to_json())
+        assert _errors(validator, doc) == []
+        # the task section round-trips: what the JSON holds is the task's own dict (tuples as lists)
+        assert doc["task"] == json.loads(json.dumps(d.task.to_dict()))
+    doc = json.loads(detect_diagnosis.to_json())
+    assert doc["model"] is None
+    assert doc["task"]["headline"] == "f1" and doc["task"]["metrics"]["f1"] == 0.12
+    group = doc["task"]["outputs"][0]["groups"][1]
+    assert group == {"name": "scores [4:14]", "start": 4, "stop": 14, "float_min": 0.0, "float_max": 1.0,
+                     "sqnr_db": 2.1, "levels": 2.0}
+    assert doc["task"]["details"]["example"]["float"][0] == [4.0, 6.0, 20.0, 26.0, 3, 0.98]
+
+
+def test_a_report_without_task_key_still_validates(validator, diagnosis):
+    doc = json.loads(diagnosis.to_json())
+    assert doc.pop("task") is None
+    assert _errors(validator, doc) == []
+
+
+@pytest.mark.parametrize("breakage", [
+    lambda d: d["task"].pop("headline"),
+    lambda d: d["task"]["metrics"].__setitem__("f1", "0.12"),
+    lambda d: d["task"]["outputs"][0].__setitem__("extra", 1),
+    lambda d: d["task"]["outputs"][0]["groups"][0].pop("levels"),
+    lambda d: d["task"]["outputs"][0].__setitem__("shape", [84.5, 14]),
+])
+def test_broken_task_sections_fail(validator, detect_diagnosis, breakage):
+    doc = json.loads(detect_diagnosis.to_json())
+    breakage(doc)
+    assert _errors(validator, doc) != []
+
+
+def test_inf_and_nan_in_the_task_validate(validator, detect_diagnosis):
+    task = detect_diagnosis.task
+    out = dataclasses.replace(task.outputs[0], sqnr_db=math.inf, relative_error=math.nan)
+    d = dataclasses.replace(detect_diagnosis, task=dataclasses.replace(task, outputs=(out,)))
+    doc = json.loads(d.to_json())
+    assert doc["task"]["outputs"][0]["sqnr_db"] == "inf" and doc["task"]["outputs"][0]["relative_error"] == "nan"
+    assert _errors(validator, doc) == []
