@@ -69,6 +69,14 @@ def tiny_data(n: int = 40, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return x.astype("float32"), y.astype("int64")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_conversion_cache(tmp_path_factory):
+    """Converted models are cached in a folder of this session, never in the user's cache; CLI runs in a subprocess
+    inherit the variable."""
+    os.environ["QUANTDOCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("quantdoctor-cache"))
+    return os.environ["QUANTDOCTOR_CACHE_DIR"]
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny.keras"

@@ -38,6 +38,7 @@ def _config(args: argparse.Namespace, **over):
         verify=not getattr(args, "no_verify", False),
         verify_samples=getattr(args, "verify_samples", 256),
         force=getattr(args, "force", False),
+        cache=not getattr(args, "no_cache", False),
     )
     fields.update(over)
     return DiagnoseConfig(**fields)

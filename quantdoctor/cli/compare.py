@@ -61,7 +61,7 @@ def run_compare(args: argparse.Namespace) -> int:
         preprocess=args.preprocess, resize=args.resize, calib=args.calib, calib_count=args.calib_count,
         batch_size=args.batch_size, top_k=args.top_k, max_samples=args.max_samples,
         explain=not args.no_explain, explain_samples=args.explain_samples,
-        verify=not args.no_verify, verify_samples=args.verify_samples,
+        verify=not args.no_verify, verify_samples=args.verify_samples, cache=not args.no_cache,
     )
     if args.json:
         sys.stdout.write(result.to_json() + "\n")

@@ -66,6 +66,8 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                    help=f"samples per interpreter call, 1 to {MAX_BATCH} (default: 16)")
     p.add_argument("--top-k", type=whole(1), default=3, help="k of the top-k metrics (default: 3)")
     p.add_argument("--max-samples", type=whole(1), default=None, help="evaluate at most this many samples")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not read or write converted models in the cache (see README: what is cached, where)")
 
 
 def add_explain_options(p: argparse.ArgumentParser) -> None:
@@ -96,7 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with _Interrupts() as interrupts:
         try:
-            return _run(build_parser().parse_args(argv))
+            args = build_parser().parse_args(argv)
+            from quantdoctor.cache import use_cache
+
+            with use_cache(not getattr(args, "no_cache", False)):  # every conversion of the command, fixes included
+                return _run(args)
         except BaseException as exc:  # noqa: BLE001 - sorted below; SystemExit (--help) passes through
             if isinstance(exc, SystemExit):
                 raise

@@ -67,7 +67,7 @@ def run_repair(args: argparse.Namespace) -> int:
         model_source(args, args.model), args.data, scheme=args.scheme, quantized=args.quantized, max_drop=args.max_drop,
         metric=args.metric, out=args.out, preprocess=args.preprocess, resize=args.resize, calib=args.calib,
         calib_count=args.calib_count, batch_size=args.batch_size, top_k=args.top_k, max_samples=args.max_samples,
-        rank_size=args.rank_size, executor=args.executor, workers=args.workers,
+        rank_size=args.rank_size, cache=not args.no_cache, executor=args.executor, workers=args.workers,
         ray_address=args.ray_address,
     )
     print(result.to_json() if args.json else result.summary())

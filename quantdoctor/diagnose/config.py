@@ -33,6 +33,11 @@ class DiagnoseConfig:
         verify_samples: evaluated samples the counterfactuals run on (the first ones).
         force: diagnose a `quantized` model even when its weights say it was made from another float model; the
             mismatch is then the first finding, critical.
+        cache: read and write converted models in the user's cache (`quantdoctor.cache`); False never touches it.
+        task: how the outputs are judged (`quantdoctor.tasks.TASKS`: classify, regress, segment, detect, custom), or
+            "auto" to decide from the outputs.
+        task_options: a `quantdoctor.tasks.base.TaskOptions` (class output, detection layout and slices, thresholds,
+            a user metric); None = the defaults, with `top_k`.
     """
 
     scheme: str | None = None
@@ -51,6 +56,9 @@ class DiagnoseConfig:
     verify: bool = True
     verify_samples: int = 256
     force: bool = False
+    cache: bool = True
+    task: str = "auto"
+    task_options: Any = None
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -68,6 +76,10 @@ class DiagnoseConfig:
             raise UserInputError(f"--explain-samples must be at least 1, got {self.explain_samples}")
         if self.verify_samples < 1:
             raise UserInputError(f"--verify-samples must be at least 1, got {self.verify_samples}")
+        from quantdoctor.tasks import TASKS
+
+        if self.task != "auto" and self.task not in TASKS:
+            TASKS.get(self.task)  # the registry's message lists the tasks
         if self.resize not in ("crop", "stretch"):
             raise UserInputError(f"--resize must be 'crop' or 'stretch', got '{self.resize}'")
 

@@ -21,7 +21,6 @@ import numpy as np
 from quantdoctor.backends.base import Graph
 from quantdoctor.diagnose.verification import Outcome, recovery
 from quantdoctor.matching.match import Matching, through_conversions
-from quantdoctor.stats.classification import ClassificationAccumulator
 
 _INTEGER = ("int8", "uint8", "int16", "uint16")
 MAX_CHAIN = 3  # float ops a fused quantized op may stand for (Conv + Relu, Conv + Clip, ...)
@@ -37,8 +36,14 @@ class Counterfactuals:
     """
 
     def __init__(self, float_runner, quant_runner, matching: Matching, dataset, samples: int, *,
-                 batch_size: int = 16, top_k: int = 3) -> None:
+                 batch_size: int = 16, top_k: int = 3, task=None, task_options=None) -> None:
+        from quantdoctor.tasks import build_accumulator, resolve_task
+        from quantdoctor.tasks.base import TaskOptions
+
         self.fr, self.qr = float_runner, quant_runner
+        self.task_options = task_options or TaskOptions(top_k=top_k)
+        self.task = task or resolve_task("auto", float_runner.outputs(), self.task_options)
+        self._new_acc = lambda: build_accumulator(self.task, float_runner.outputs(), self.task_options)
         self.fg: Graph = float_runner.graph
         self.qg: Graph = quant_runner.graph
         self.f_ops, self.q_ops = float_runner.op_runner(), quant_runner.op_runner()
@@ -47,8 +52,7 @@ class Counterfactuals:
         self.samples = len(subset)
         labels = subset.labels
         self.batches = [(x, None if labels is None else labels[idx]) for x, idx in subset.batches(batch_size)]
-        self.float_out = [float_runner.run(x).reshape(len(x), -1).copy() for x, _ in self.batches]
-        self.num_classes = self.float_out[0].shape[1]
+        self.float_out = [[np.array(v, copy=True) for v in float_runner.run_all(x)] for x, _ in self.batches]
         self.matching = matching
         self._q_to_f = matching.q_to_f
         self._f_to_q = {p.float_index: p.quant_index for p in matching.pairs}
@@ -198,18 +202,28 @@ class Counterfactuals:
                     return [np.asarray(args[0], dtype=np.float32)]
                 return self._float_twin(q_op, args)
 
-        acc = ClassificationAccumulator(self.num_classes, self.top_k)
+        acc = self._new_acc()
         for (x, y), f_out in zip(self.batches, self.float_out):
-            out = splice.run(x, compute)[0].reshape(len(x), -1)
-            acc.update(f_out, out, y)
-        m = acc.result()
-        base = getattr(self, "baseline", None)
-        rec = math.nan if base is None else recovery(base.top1_agreement, m.top1_agreement)
+            acc.update(f_out, splice.run(x, compute), y)
+        self._done[(kind, ops)] = self._outcome(kind, ops, acc.result())
         self.count += 1
         self.seconds += time.perf_counter() - start
-        accuracy = m.quant_top1 if m.num_labelled else None
-        self._done[(kind, ops)] = Outcome(kind, ops, m.top1_agreement, m.topk_agreement, accuracy, m.logit_sqnr_db, rec)
         return self._done[(kind, ops)]
+
+    def _outcome(self, kind: str, ops: tuple[int, ...], result) -> Outcome:
+        """The task's result as an outcome: a classifier's agreements and accuracy, else the task's headline."""
+        from quantdoctor.tasks.classify import classification_metrics
+
+        base = getattr(self, "baseline", None)
+        m = classification_metrics(result)
+        if m is not None:
+            rec = math.nan if base is None else recovery(base.top1_agreement, m.top1_agreement)
+            accuracy = m.quant_top1 if m.num_labelled else None
+            return Outcome(kind, ops, m.top1_agreement, m.topk_agreement, accuracy, m.logit_sqnr_db, rec)
+        value = result.value
+        rec = math.nan if base is None else recovery(base.top1_agreement, value)
+        sqnr = min((o.sqnr_db for o in result.outputs), default=math.nan)
+        return Outcome(kind, ops, value, value, None, sqnr, rec, metric=result.headline)
 
 
 def _on_grid(value: np.ndarray, tensor) -> np.ndarray:

@@ -50,8 +50,9 @@ def diagnose(
         options = {**options, "scheme": scheme, "quantized": None if quantized is None else str(quantized)}
     cfg = replace(base, **options) if options else base
     from quantdoctor.backends.keras.loader import ModelSource
+    from quantdoctor.cache import use_cache
 
-    with Progress(progress) as prog:
+    with Progress(progress) as prog, use_cache(cfg.cache):
         if isinstance(float_model, ModelSource):
             return _Run(cfg, prog).diagnose(float_model, data)
         if isinstance(float_model, (str, Path)):
@@ -69,6 +70,8 @@ class _Run:
 
     def diagnose(self, model_path: Path | Any, data) -> Diagnosis:
         from quantdoctor.backends.keras.loader import ModelSource, keras_input_shape, resolve_source
+        from quantdoctor.diagnose.outputs import input_specs
+        from quantdoctor.tasks.classify import classification_metrics
         from quantdoctor.backends.runtimes import RUNTIMES
         from quantdoctor.matching.match import match_graphs
         from quantdoctor.quantize.converter import supports_calibrated_pair
@@ -80,7 +83,7 @@ class _Run:
         keras_model, layer_infos = self._load_keras(source)
         dataset = None
         if keras_model is not None:  # read the data before converting: bad data fails in seconds, not minutes
-            dataset = self._dataset(data, keras_input_shape(keras_model))
+            dataset = self._dataset(data, keras_input_shape(keras_model))  # InputSpecs for several inputs
         quant_name = str(cfg.quantized) if cfg.quantized is not None else f"converted with scheme {cfg.scheme}"
         if keras_model is not None and cfg.quantized is None and supports_calibrated_pair(cfg.scheme):
             eval_ds, calib_ds, calib_text = self._split(dataset)
@@ -90,7 +93,7 @@ class _Run:
             float_bytes = self._float_model(source, keras_model, runtime, data)
             float_runner = runtime.runner(float_bytes, cfg.batch_size)
             if dataset is None:
-                dataset = self._dataset(data, float_runner.inputs()[0].shape)
+                dataset = self._dataset(data, input_specs(float_runner.inputs()))
             eval_ds, calib_ds, calib_text = self._split(dataset)
             if cfg.quantized is not None:
                 quant_bytes = runtime.read(Path(cfg.quantized))
@@ -104,14 +107,14 @@ class _Run:
             from quantdoctor.diagnose.provenance import require_provenance
 
             provenance = require_provenance(float_runner, quant_runner, cfg.quantized, force=cfg.force)
-        num_classes = int(float_runner.outputs()[0].shape[-1]) if float_runner.outputs()[0].shape else 1
-        eval_ds.check_labels(num_classes)
+        task, options = self._task(float_runner, eval_ds)
 
         fg, qg = float_runner.graph, quant_runner.graph
         matching = match_graphs(fg, qg)
         labels = self._labels(fg, keras_model, layer_infos, source)
         probes = self._probes(float_runner, quant_runner, matching) if cfg.explain else None
-        errors, model_metrics, margins = self._passes(eval_ds, float_runner, quant_runner, matching, num_classes, probes)
+        errors, task_result, margins = self._passes(eval_ds, float_runner, quant_runner, matching, task, options, probes)
+        model_metrics = classification_metrics(task_result)  # None unless the task is classify
         weight_reports = self._weights(float_bytes, quant_bytes) if cfg.explain and runtime.weight_analysis else {}
 
         evidence = probes.results() if probes is not None else None
@@ -131,7 +134,7 @@ class _Run:
             batch_size=cfg.batch_size,
             seconds={k: round(v, 3) for k, v in self.prog.seconds.items()},
         )
-        diagnosis = Diagnosis(run, model_metrics, layers, matching.unmatched, cov, onset, margins)
+        diagnosis = Diagnosis(run, model_metrics, layers, matching.unmatched, cov, onset, margins, task=task_result)
         if cfg.explain:
             from quantdoctor.diagnose.findings import find_all
 
@@ -156,8 +159,9 @@ class _Run:
         cfg = self.cfg
         n = min(cfg.verify_samples, len(eval_ds))
         with self.prog.step("verify", f"verifying causes on {n} samples"):
+            task, options = self._task(float_runner, eval_ds, check=False)
             cf = Counterfactuals(float_runner, quant_runner, matching, eval_ds, n,
-                                 batch_size=cfg.batch_size, top_k=cfg.top_k)
+                                 batch_size=cfg.batch_size, top_k=cfg.top_k, task=task, task_options=options)
             labels = {l.position: (l.label, l.op_type) for l in diagnosis.layers}
             seeds = [f.positions for f in found[:4] if f.mechanism not in ("accumulated_drift", "float_ops")]
             verification = locate_causes(cf, proxy_order(diagnosis, found), labels, seeds=seeds)
@@ -210,8 +214,9 @@ class _Run:
 
     def _dataset(self, data, input_shape):
         from quantdoctor.data import Dataset, load_dataset
+        from quantdoctor.data.multi import MultiDataset
 
-        if isinstance(data, Dataset):
+        if isinstance(data, (Dataset, MultiDataset)):
             return data
         return load_dataset(data, input_shape, preprocess=self.cfg.preprocess, resize=self.cfg.resize)
 
@@ -271,16 +276,27 @@ class _Run:
     def _check_compatible(self, float_runner, quant_runner) -> None:
         from quantdoctor.errors import ModelLoadError
 
-        from quantdoctor.stats.classification import require_class_scores
-
-        fi, qi = float_runner.inputs()[0], quant_runner.inputs()[0]
-        fo, qo = float_runner.outputs()[0], quant_runner.outputs()[0]
-        require_class_scores(fo.shape, "the float model")
-        if fi.shape != qi.shape or fo.shape != qo.shape:
+        fi, qi = [i.shape for i in float_runner.inputs()], [i.shape for i in quant_runner.inputs()]
+        fo, qo = [o.shape for o in float_runner.outputs()], [o.shape for o in quant_runner.outputs()]
+        if fi != qi or fo != qo:
             raise ModelLoadError(
-                f"the quantized model (input {qi.shape}, output {qo.shape}) does not fit the float model "
-                f"(input {fi.shape}, output {fo.shape}); give the quantized version of this float model"
+                f"the quantized model (inputs {_shapes(qi)}, outputs {_shapes(qo)}) does not fit the float model "
+                f"(inputs {_shapes(fi)}, outputs {_shapes(fo)}); give the quantized version of this float model"
             )
+
+    def _task(self, float_runner, eval_ds, check: bool = True):
+        """The task judging the outputs (`--task`, or chosen from the outputs) and its options; labels checked."""
+        from quantdoctor.tasks import resolve_task
+        from quantdoctor.tasks.base import TaskOptions
+
+        options = self.cfg.task_options or TaskOptions(top_k=self.cfg.top_k)
+        outputs = float_runner.outputs()
+        task = resolve_task(self.cfg.task, outputs, options)
+        if check and task.name == "classify":
+            from quantdoctor.diagnose.outputs import class_output
+
+            eval_ds.check_labels(int(np.prod(outputs[class_output(outputs, options)].shape)))
+        return task, options
 
     def _labels(self, fg, keras_model, layer_infos, source):
         if source.kind == "frozen":
@@ -301,41 +317,48 @@ class _Run:
         tensors = {t: (fg.tensors[t].name, fg.tensors[t].shape[1:]) for t in fg.activations()}
         return labeler.label_all(tensors, fg.outputs)
 
-    def _passes(self, eval_ds, float_runner, quant_runner, matching, num_classes, probes=None):
+    def _passes(self, eval_ds, float_runner, quant_runner, matching, task, options, probes=None):
+        from quantdoctor.diagnose.outputs import class_output, output_pairs, output_scales, with_example_input
         from quantdoctor.stats.accumulators import ErrorAccumulator
-        from quantdoctor.stats.classification import ClassificationAccumulator
         from quantdoctor.stats.margins import MarginAccumulator
+        from quantdoctor.tasks import build_accumulator
 
         f_ids = [p.float_index for p in matching.pairs]
         if probes is not None:
             f_ids += sorted(probes.float_ids - set(f_ids))
         matched = [p.float_index for p in matching.pairs]
         q_ids = [p.quant_index for p in matching.pairs]
-        f_out, q_out = float_runner.graph.outputs[0], quant_runner.graph.outputs[0]
+        f_outs, q_outs = output_pairs(float_runner.graph, quant_runner.graph)
+        outputs = float_runner.outputs()
         accs = {f: ErrorAccumulator() for f in matched}
-        cls = ClassificationAccumulator(num_classes, k=self.cfg.top_k)
-        margins = MarginAccumulator(k=self.cfg.top_k) if num_classes > 1 else None
+        task_acc = build_accumulator(task, outputs, options, scales=output_scales(quant_runner.graph, q_outs))
+        margins, c = None, None
+        if task.name == "classify":
+            c = class_output(outputs, options)
+            if int(np.prod(outputs[c].shape)) > 1:
+                margins = MarginAccumulator(k=self.cfg.top_k)
         labels = eval_ds.labels
         with self.prog.step("passes", "float + quantized passes", total=len(eval_ds)) as step:
             for x, idx in eval_ds.batches(self.cfg.batch_size):
                 # Views into the interpreters' buffers (no copies); dropped before the next batch runs.
-                fv = float_runner.capture(x, f_ids + [f_out], copy=False)
-                qv = quant_runner.capture(x, q_ids + [q_out], copy=False)
+                fv = float_runner.capture(x, f_ids + f_outs, copy=False)
+                qv = quant_runner.capture(x, q_ids + q_outs, copy=False)
                 for f, q in zip(matched, q_ids):
                     accs[f].update(fv[f], qv[q])
                 if probes is not None:
                     probes.update(fv, qv)
                 y = None if labels is None else labels[idx]
-                f_logits, q_logits = fv[f_out].reshape(len(x), -1), qv[q_out].reshape(len(x), -1)
-                cls.update(f_logits, q_logits, y)
+                task_acc.update([fv[t] for t in f_outs], [qv[t] for t in q_outs], y)
                 if margins is not None:
-                    margins.update(f_logits, q_logits)
-                del fv, qv, f_logits, q_logits
-                step.advance(len(x))
-        metrics = cls.result()
-        if metrics.num_samples == 0:
+                    n = len(idx)
+                    margins.update(fv[f_outs[c]].reshape(n, -1), qv[q_outs[c]].reshape(n, -1))
+                del fv, qv
+                step.advance(len(idx))
+        result = task_acc.result()
+        if result.num_samples == 0:
             raise DataError("no samples left to evaluate; give more data or a smaller --calib-count")
-        return {f: a.result() for f, a in accs.items()}, metrics, None if margins is None else margins.result()
+        result = with_example_input(result, eval_ds)
+        return {f: a.result() for f, a in accs.items()}, result, None if margins is None else margins.result()
 
 
 def _repros(findings, diagnosis, probes, quant_bytes, runtime: str = "tflite") -> tuple:
@@ -351,6 +374,10 @@ def _repros(findings, diagnosis, probes, quant_bytes, runtime: str = "tflite") -
         if inputs:
             out.append(Repro(layer.position, layer.op_type, quant_bytes, inputs, runtime))
     return tuple(out)
+
+
+def _shapes(shapes) -> str:
+    return ", ".join("(" + ", ".join(map(str, s)) + ")" for s in shapes)
 
 
 def _data_input_shape(data) -> tuple[int, ...]:

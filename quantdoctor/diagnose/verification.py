@@ -8,7 +8,7 @@ with the float model, accuracy on labels, logit SQNR) on the verification subset
   other op as quantized: what fixing those ops perfectly would give;
 - `alone_quantized` — every *other* candidate op exact, only the chosen ones as quantized: the loss they cause alone.
 
-recovery = (a_cf − a_q) / (1 − a_q) with a = top-1 agreement: the share of the quantized model's lost decisions the
+recovery = (a_cf − a_q) / (1 − a_q) with a = top-1 agreement (or, for a task other than classify, its headline metric): the share of the quantized model's lost decisions the
 counterfactual wins back (1 = all of them, 0 = none, negative = it loses more); nan when nothing was lost.
 """
 
@@ -28,12 +28,17 @@ class Outcome:
     top1_agreement: float
     topk_agreement: float
     accuracy: float | None  # quantized top-1 on labelled samples (None without labels)
-    logit_sqnr_db: float
+    logit_sqnr_db: float  # a classifier's logit SQNR; for other tasks the SQNR of the worst output
     recovery: float  # see the module docstring
+    # What `top1_agreement` holds: "agreement" for a classifier; for another task its headline metric (e.g. "f1",
+    # detection F1 against the float detections), which then also fills `topk_agreement`.
+    metric: str = "agreement"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["ops"] = list(self.ops)
+        if self.metric == "agreement":  # a classifier's outcome reads as it always did
+            del d["metric"]
         return d
 
 

@@ -79,6 +79,27 @@ def convert(
             f"scheme '{scheme}' needs calibration data (a few hundred representative inputs); give some, "
             "or choose a scheme without calibration such as 'dynamic'"
         )
+    if scheme is None and isinstance(source, ModelSource) and source.kind == "tflite":
+        return _from_tflite(source, None, None)  # the file itself: nothing to cache
+    from quantdoctor.cache import TF_PACKAGES, cached, digest_calibration, digest_source, versions
+
+    def parts() -> dict[str, Any]:
+        return {
+            "op": "tflite.convert", "model": digest_source(source), "scheme": scheme,
+            "spec": spec.to_dict() if spec is not None else None, "calibrate_only": calibrate_only,
+            # Only calibrating schemes read the data (a dynamic scheme given data converts the same).
+            "calibration": digest_calibration(calibration) if spec is not None and spec.needs_calibration else None,
+            "versions": versions(*TF_PACKAGES),
+        }
+
+    what = f"tflite {scheme or 'float'}{' calibrated float' if calibrate_only else ''}"
+    return cached(what, parts, lambda: _convert(source, scheme, spec, calibration, calibrate_only))
+
+
+def _convert(
+    source: ModelSource | keras.Model, scheme: str | None, spec: Scheme | None, calibration: Calibration | None,
+    calibrate_only: bool,
+) -> bytes:
     if isinstance(source, ModelSource) and source.kind == "tflite":
         return _from_tflite(source, scheme, calibration)
     if spec is not None and spec.via_recipe:
@@ -147,11 +168,23 @@ def requantize(calibrated: bytes, scheme: str, denylisted_nodes: Sequence[str] =
     Raises:
         ConversionError: the quantizer rejected the model.
     """
+    from quantdoctor.cache import TF_PACKAGES, cached, digest_bytes, versions
+
+    spec = SCHEMES.get(scheme)
+    denied = list(denylisted_nodes)
+
+    def parts() -> dict[str, Any]:
+        return {"op": "tflite.requantize", "model": digest_bytes(calibrated), "scheme": scheme, "spec": spec.to_dict(),
+                "denylisted_nodes": denied, "versions": versions(*TF_PACKAGES)}
+
+    return cached(f"tflite {scheme} requantized", parts, lambda: _requantize(calibrated, scheme, spec, denied))
+
+
+def _requantize(calibrated: bytes, scheme: str, spec: Scheme, denylisted_nodes: list[str]) -> bytes:
     quiet_tensorflow_logging()
     import tensorflow as tf
     from tensorflow.lite.python.convert import mlir_quantize
 
-    spec = SCHEMES.get(scheme)
     io_type = getattr(tf, spec.io_type) if spec.io_type else tf.float32
     with captured_native_stderr(), contextlib.redirect_stdout(io.StringIO()):
         try:
@@ -160,7 +193,7 @@ def requantize(calibrated: bytes, scheme: str, denylisted_nodes: Sequence[str] =
                 disable_per_channel=not spec.per_channel,
                 input_data_type=io_type,
                 output_data_type=io_type,
-                denylisted_nodes=list(denylisted_nodes) or None,
+                denylisted_nodes=denylisted_nodes or None,
             )
         except Exception as exc:
             raise ConversionError(

@@ -207,7 +207,7 @@ def quantize_onnx(
         ModelLoadError: the bytes are not an ONNX model.
         QuantDoctorError: ONNX Runtime failed (its first line quoted).
     """
-    from quantdoctor.backends.onnx.loader import parse_model
+    from quantdoctor.cache import ORT_PACKAGES, Uncacheable, cached, digest_bytes, digest_calibration, versions
 
     s = scheme if isinstance(scheme, OrtScheme) else ORT_SCHEMES.get(scheme)
     method = calib_method.lower()
@@ -216,6 +216,39 @@ def quantize_onnx(
                                f"{', '.join(CALIBRATION_METHODS)}")
     if s.needs_calibration and calibration is None:
         raise UserInputError(f"scheme {s.name} calibrates activation ranges; give calibration data")
+    options = (nodes_to_exclude, tensor_overrides, preprocess, extra_options)
+
+    def parts() -> dict[str, Any]:
+        if _calibrator_replaced():
+            raise Uncacheable("ORT's calibrator is replaced (a repair build with stored ranges)")
+        return {"op": "onnx.quantize", "model": digest_bytes(float_bytes), "scheme": s.to_dict(),
+                "calib_method": method if s.needs_calibration else None, "nodes_to_exclude": list(nodes_to_exclude),
+                "tensor_overrides": tensor_overrides, "preprocess": preprocess, "extra_options": extra_options,
+                "calibration": digest_calibration(calibration) if s.needs_calibration else None,
+                "versions": versions(*ORT_PACKAGES)}
+
+    return cached(f"onnx {s.name}", parts, lambda: _quantize_onnx(float_bytes, s, calibration, method, *options))
+
+
+def _calibrator_replaced() -> bool:
+    """True while `repair.build_onnx` stands in for ORT's calibrator: the output then depends on ranges that are not
+    arguments of `quantize_onnx`, and the recorded ranges are a side effect a cache hit would skip."""
+    import sys
+
+    quantize = sys.modules.get("onnxruntime.quantization.quantize")
+    calibrate = sys.modules.get("onnxruntime.quantization.calibrate")
+    if quantize is None or calibrate is None:
+        return False
+    return getattr(quantize, "create_calibrator", None) is not getattr(calibrate, "create_calibrator", None)
+
+
+def _quantize_onnx(
+    float_bytes: bytes, s: OrtScheme, calibration: Callable[[], Iterable[np.ndarray]] | None, method: str,
+    nodes_to_exclude: Sequence[str], tensor_overrides: dict[str, list[dict[str, Any]]] | None, preprocess: bool,
+    extra_options: dict[str, Any] | None,
+) -> bytes:
+    from quantdoctor.backends.onnx.loader import parse_model
+
     proto = parse_model(bytes(float_bytes), "the float model")
     input_name, fixed = _input_of(proto)
 

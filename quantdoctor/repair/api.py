@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from quantdoctor.cache import cache_option
 from quantdoctor.errors import DataError, UserInputError
 from quantdoctor.repair.result import RepairResult
 
@@ -19,6 +20,7 @@ MODEL_NAME, RECIPE_NAME, RESULT_NAME = "repaired.tflite", "recipe.json", "repair
 HTML_NAME = "repair.html"
 
 
+@cache_option
 def repair(
     model: str | Path | Any,
     data: Any,
@@ -37,6 +39,7 @@ def repair(
     max_samples: int | None = None,
     rank_size: int = 32,
     search: Any = None,
+    cache: bool = True,
     executor: str = "local",
     workers: int | None = None,
     ray_address: str | None = None,
@@ -54,6 +57,8 @@ def repair(
         out: folder for repaired.tflite (repaired.onnx), recipe.json and repair.json (written atomically).
         rank_size: samples of the evaluation set the search ranks candidates on.
         search: a `repair.search.SearchConfig` (its max_drop is replaced by `max_drop`).
+        cache: read and write converted models (the calibrated model, every candidate built with the converter) in the
+            user's cache (`quantdoctor.cache`); False never touches it.
         executor: where each round's candidates are evaluated: "local" (this process) or "ray" (`workers` Ray actors;
             `ray_address` joins a cluster: "auto" or "ray://host:port"). The search decides the same either way.
 

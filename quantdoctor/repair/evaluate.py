@@ -12,30 +12,36 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 
 from quantdoctor.errors import DataError, UserInputError
 from quantdoctor.registry import Registry
-from quantdoctor.stats.classification import ClassificationAccumulator, ModelMetrics, require_class_scores
+from quantdoctor.backends.base import Batch, TensorSpec, as_inputs, batch_slice
+from quantdoctor.stats.classification import ModelMetrics
+from quantdoctor.tasks.base import TaskOptions, TaskResult
 
 
 @dataclass(frozen=True)
 class Metric:
-    """A budget metric: its float and quantized values (fractions) from `ModelMetrics`; the drop is in points."""
+    """A budget metric: a fraction the float model scores (1.0 unless it is accuracy on labels); a drop is in points.
+    Every task (`quantdoctor.tasks`) lists the ones it accepts in `budget_metrics`."""
 
     name: str
     summary: str
-    needs_labels: bool
-    values: Callable[[ModelMetrics], tuple[float, float]]
 
 
 METRICS: Registry[Metric] = Registry("repair metric")
 for _m in (
-    Metric("agreement", "top-1 agreement with the float model (float = 100 %)", False, lambda m: (1.0, m.top1_agreement)),
-    Metric("top1", "top-1 accuracy on the labels", True, lambda m: (m.float_top1, m.quant_top1)),
-    Metric("topk", "top-k accuracy on the labels", True, lambda m: (m.float_topk, m.quant_topk)),
+    Metric("agreement", "top-1 agreement with the float model (float = 100 %)"),
+    Metric("top1", "top-1 accuracy on the labels"),
+    Metric("topk", "top-k accuracy on the labels"),
+    Metric("f1", "detection F1 against the float model's detections (float = 100 %)"),
+    Metric("recall", "share of the float model's detections the quantized model keeps"),
+    Metric("precision", "share of the quantized model's detections the float model also makes"),
+    Metric("miou", "mean IoU of the quantized masks against the float model's masks (float = 100 %)"),
+    Metric("pixel_agreement", "share of pixels whose class matches the float model's"),
+    Metric("miou_labels", "mean IoU against the label masks"),
+    Metric("fidelity", "1 - relative L2 error of the outputs against the float model's (float = 100 %)"),
 ):
     METRICS.add(_m.name, _m)
 del _m
@@ -50,7 +56,8 @@ class Evaluation:
     samples: int
     seconds: float
     latency_ms: float  # wall time per sample of the quantized pass (builtin kernels, batches of `batch_size`)
-    metrics: ModelMetrics
+    metrics: ModelMetrics | None  # a classifier's metrics (None for other tasks)
+    task: TaskResult | None = None  # every metric of the task, and each output measured on its own
 
 
 class _Interp:
@@ -60,46 +67,52 @@ class _Interp:
         from quantdoctor.backends.tflite.loader import load_interpreter
 
         self.interp = load_interpreter(model, what="the candidate model")
-        self.inp = self.interp.get_input_details()[0]
-        shape = list(self.inp["shape"])
-        shape[0] = batch_size
-        self.interp.resize_tensor_input(self.inp["index"], shape, strict=False)
+        for detail in self.interp.get_input_details():
+            shape = list(detail["shape"])
+            shape[0] = batch_size
+            self.interp.resize_tensor_input(detail["index"], shape, strict=False)
         self.interp.allocate_tensors()
-        self.inp = self.interp.get_input_details()[0]
-        self.out = self.interp.get_output_details()[0]
+        self.ins = self.interp.get_input_details()
+        self.outs = self.interp.get_output_details()
         self.batch_size = batch_size
-        self.output_shape = tuple(int(d) for d in self.out["shape"][1:])  # per sample
+        self.outputs = [TensorSpec(d["name"], tuple(int(s) for s in d["shape"][1:]), np.dtype(d["dtype"]).name)
+                        for d in self.outs]
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: Batch) -> list[np.ndarray]:
         from quantdoctor.backends.tflite.extract import to_tensor_dtype
 
-        n = len(x)
-        if n < self.batch_size:
-            x = np.concatenate([x, np.zeros((self.batch_size - n,) + x.shape[1:], x.dtype)])
-        dtype = np.dtype(self.inp["dtype"])
-        if dtype.kind != "f":
-            scale, zp = self.inp["quantization"]
-            x = to_tensor_dtype(x, dtype, np.array([scale]), np.array([zp]))
-        self.interp.set_tensor(self.inp["index"], x.astype(dtype, copy=False))
+        arrays = as_inputs(x)
+        n = len(arrays[0])
+        for detail, a in zip(self.ins, arrays):
+            if n < self.batch_size:
+                a = np.concatenate([a, np.zeros((self.batch_size - n,) + a.shape[1:], a.dtype)])
+            dtype = np.dtype(detail["dtype"])
+            if dtype.kind != "f":
+                scale, zp = detail["quantization"]
+                a = to_tensor_dtype(a, dtype, np.array([scale]), np.array([zp]))
+            self.interp.set_tensor(detail["index"], a.astype(dtype, copy=False))
         self.interp.invoke()
-        y = self.interp.get_tensor(self.out["index"])[:n].astype(np.float32)
-        if np.dtype(self.out["dtype"]).kind != "f":
-            scale, zp = self.out["quantization"]
-            y = (y - zp) * scale
-        return y.reshape(n, -1)
+        out = []
+        for detail in self.outs:
+            y = self.interp.get_tensor(detail["index"])[:n].astype(np.float32)
+            if np.dtype(detail["dtype"]).kind != "f":
+                scale, zp = detail["quantization"]
+                y = (y - zp) * scale
+            out.append(y)
+        return out
 
 
 class _Whole:
-    """A runtime's runner (`RUNTIMES`) for whole-model passes: the first output, one row per sample."""
+    """A runtime's runner (`RUNTIMES`) for whole-model passes: every output."""
 
     def __init__(self, runtime: str, model: bytes, batch_size: int) -> None:
         from quantdoctor.backends.runtimes import RUNTIMES
 
         self.runner = RUNTIMES.get(runtime).runner(model, batch_size)
-        self.output_shape = tuple(self.runner.outputs()[0].shape)  # per sample
+        self.outputs = self.runner.outputs()
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.runner.run(x), np.float32).reshape(len(x), -1)
+    def run(self, x: Batch) -> list[np.ndarray]:
+        return [np.asarray(v, np.float32) for v in self.runner.run_all(x)]
 
 
 def runner_for(runtime: str, model: bytes, batch_size: int):
@@ -113,52 +126,66 @@ class Evaluator:
     Args:
         float_model: the float model reference (.tflite or, with runtime "onnx", .onnx bytes).
         dataset: the evaluation set (a `quantdoctor.data.Dataset`).
-        metric: a name in `METRICS`.
+        metric: a budget metric of the task (see `METRICS` and the task's `budget_metrics`).
         rank_size: samples in the ranking subset (the first ones of the evaluation set).
         runtime: a name in `backends.runtimes.RUNTIMES`.
+        task: a name in `quantdoctor.tasks.TASKS`, or "auto" (decided from the outputs).
+        task_options: a `quantdoctor.tasks.base.TaskOptions`; None = the defaults with `top_k`.
     """
 
     def __init__(self, float_model: bytes, dataset, metric: str = "agreement", *, batch_size: int = 16,
-                 top_k: int = 3, rank_size: int = 32, runtime: str = "tflite") -> None:
-        self.metric = METRICS.get(metric)
-        if self.metric.needs_labels and (dataset.labels is None or not (dataset.labels >= 0).any()):
-            raise UserInputError(f"metric '{metric}' needs labelled data; give labels or use --metric agreement")
+                 top_k: int = 3, rank_size: int = 32, runtime: str = "tflite", task: str = "auto",
+                 task_options: TaskOptions | None = None) -> None:
+        from quantdoctor.tasks import resolve_task
+
         if len(dataset) == 0:
             raise DataError("no samples to evaluate on; give more data or a smaller --calib-count")
         self.dataset, self.batch_size, self.top_k, self.runtime = dataset, batch_size, top_k, runtime
+        self.task_options = task_options or TaskOptions(top_k=top_k)
         runner = runner_for(runtime, float_model, batch_size)
-        require_class_scores(runner.output_shape, "the float model")
+        self.outputs = list(runner.outputs)
+        self.task = resolve_task(task, self.outputs, self.task_options)
+        if metric not in self.task.budget_metrics:
+            choices = ", ".join(self.task.budget_metrics) or "none (a user metric in the Python API)"
+            raise UserInputError(f"--metric {metric} does not apply to task '{self.task.name}'; choose one of: {choices}")
+        self.metric = METRICS.get(metric) if metric in METRICS else Metric(metric, metric)
+        if metric in self.task.needs_labels and (dataset.labels is None or not (dataset.labels >= 0).any()):
+            raise UserInputError(f"metric '{metric}' needs labelled data; give labels or use --metric "
+                                 f"{self.task.headline}")
         self.x_batches = [(x, idx) for x, idx in dataset.batches(batch_size)]  # preprocessed once, reused every pass
-        self.float_out = np.concatenate([runner.run(x) for x, _ in self.x_batches])
-        self.num_classes = self.float_out.shape[1]
+        per_batch = [runner.run(x) for x, _ in self.x_batches]
+        self.float_out = [np.concatenate(parts) for parts in zip(*per_batch)]  # one array per output
         self.rank_size = min(rank_size, len(dataset))
         self.count = 0
         self.seconds = 0.0
 
     def evaluate(self, model: bytes, full: bool = False) -> Evaluation:
         """One quantized pass over the ranking subset (or the whole evaluation set when `full`)."""
+        from quantdoctor.tasks import build_accumulator
+        from quantdoctor.tasks.classify import classification_metrics
+
         start = time.perf_counter()
         runner = runner_for(self.runtime, model, self.batch_size)
-        acc = ClassificationAccumulator(self.num_classes, self.top_k)
+        acc = build_accumulator(self.task, self.outputs, self.task_options)
         labels = self.dataset.labels
         limit = len(self.dataset) if full else self.rank_size
         invoke_seconds, seen = 0.0, 0
         for x, idx in self.x_batches:
             if seen >= limit:
                 break
-            x, idx = x[: limit - seen], idx[: limit - seen]
+            x, idx = batch_slice(x, limit - seen), idx[: limit - seen]
             t = time.perf_counter()
             q = runner.run(x)
             invoke_seconds += time.perf_counter() - t
-            acc.update(self.float_out[idx], q, None if labels is None else labels[idx])
-            seen += len(x)
-        metrics = acc.result()
-        ref, value = self.metric.values(metrics)
+            acc.update([f[idx] for f in self.float_out], q, None if labels is None else labels[idx])
+            seen += len(idx)
+        result = acc.result()
+        ref, value = result.pair(self.metric.name)
         seconds = time.perf_counter() - start
         self.count += 1
         self.seconds += seconds
         return Evaluation(float(value), 100.0 * (float(ref) - float(value)), seen, seconds,
-                          1000.0 * invoke_seconds / max(seen, 1), metrics)
+                          1000.0 * invoke_seconds / max(seen, 1), classification_metrics(result), result)
 
 
 def model_stats(model: bytes) -> tuple[int, int]:

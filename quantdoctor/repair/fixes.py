@@ -37,8 +37,10 @@ def verify_fixes(diagnosis: Any, model: Any, data: Any, *, scheme: str | None = 
 
     p = prepare(model, data, scheme, quantized, **data_options)
     subset = p.eval_ds if len(p.eval_ds) <= samples else p.eval_ds.subset(np.arange(samples))
-    evaluator = Evaluator(p.builder.float_model, subset, "agreement", batch_size=batch_size, top_k=top_k,
-                          rank_size=len(subset), runtime=p.runtime)
+    task = diagnosis.task.task if diagnosis.task is not None else "classify"
+    metric = diagnosis.task.headline if diagnosis.task is not None else "agreement"
+    evaluator = Evaluator(p.builder.float_model, subset, metric, batch_size=batch_size, top_k=top_k,
+                          rank_size=len(subset), runtime=p.runtime, task=task)
     before = evaluator.evaluate(p.given if p.given is not None else p.builder.build([]), full=True).value
     names = {name for _, name in p.builder.ops}
     ranked = rank_candidates(diagnosis, p.scheme, names)
@@ -54,8 +56,13 @@ def verify_fixes(diagnosis: Any, model: Any, data: Any, *, scheme: str | None = 
             continue
         ev = evaluator.evaluate(p.builder.build([cand.action]), full=True)
         m = ev.metrics
-        outcome = Outcome("fix_applied", tuple(f.positions), m.top1_agreement, m.topk_agreement,
-                          m.quant_top1 if m.num_labelled else None, m.logit_sqnr_db, recovery(before, ev.value))
+        if m is not None:
+            outcome = Outcome("fix_applied", tuple(f.positions), m.top1_agreement, m.topk_agreement,
+                              m.quant_top1 if m.num_labelled else None, m.logit_sqnr_db, recovery(before, ev.value))
+        else:  # another task: its headline stands where a classifier's agreement would
+            sqnr = min((o.sqnr_db for o in ev.task.outputs), default=float("nan"))
+            outcome = Outcome("fix_applied", tuple(f.positions), ev.value, ev.value, None, sqnr,
+                              recovery(before, ev.value), metric=metric)
         findings[i] = replace(f, fix_check=FixCheck(cand.action.describe(), before, outcome, len(subset)))
     return replace(diagnosis, findings=tuple(findings))
 

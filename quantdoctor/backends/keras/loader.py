@@ -179,16 +179,16 @@ def _check_keras_container(path: Path) -> None:
         )
 
 
-def keras_input_shape(model: Any) -> tuple[int, ...]:
-    """The per-sample input shape of a single-input Keras model.
-
-    Raises:
-        ModelLoadError: the model has several inputs.
-    """
+def keras_input_shape(model: Any):
+    """The per-sample input shape of a Keras model; for a model with several inputs, their names and shapes as a
+    `quantdoctor.data.multi.InputSpecs` (what `load_dataset` takes)."""
     shape = model.input_shape
     if isinstance(shape, list):
         if len(shape) != 1:
-            raise ModelLoadError(f"the model has {len(shape)} inputs; quantdoctor supports single-input models for now")
+            from quantdoctor.data.multi import InputSpecs
+
+            names = tuple(str(getattr(t, "name", f"x{i}")).split(":")[0] for i, t in enumerate(model.inputs))
+            return InputSpecs(names, tuple(tuple(int(d) for d in s[1:]) for s in shape))
         shape = shape[0]
     return tuple(int(s) for s in shape[1:])
 
