@@ -38,10 +38,11 @@ def metric_title(name: str) -> str:
 
 
 def fmt_metric(name: str, v: float | None) -> str:
-    """A metric value: dB with one decimal, a fraction with three, anything else in three significant digits."""
+    """A metric value: dB with one decimal, anything else with three (so a column of them lines up), large values in
+    three significant digits."""
     if name.endswith("_db"):
         return fmt_db(v)
-    if v is not None and math.isfinite(v) and 0.0 <= v <= 1.0:
+    if v is not None and math.isfinite(v) and abs(v) < 1000:
         return fmt_ratio(v)
     return fmt_num(v)
 

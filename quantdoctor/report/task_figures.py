@@ -101,19 +101,25 @@ def _image(example: dict[str, Any]) -> np.ndarray | None:
 
 
 def _canvas(example: dict[str, Any], boxes: np.ndarray, image: np.ndarray | None) -> tuple[float, float]:
-    """(height, width) of what the boxes are drawn on: the image, the example's size, else the boxes' extent and a
-    tenth more (1 x 1 when every coordinate is normalized)."""
-    if image is not None:
-        return float(image.shape[0]), float(image.shape[1])
+    """(height, width) of what the boxes are drawn on, in box units; the image is stretched over it.
+
+    The example's "size" when it has one; else 1 x 1 when every coordinate is normalized; else the image's size, scaled
+    up as far as the boxes reach (the report keeps a thumbnail of a larger input); else the boxes' extent and a tenth.
+    """
     if example.get("size"):
         h, w = example["size"][:2]
         return float(h), float(w)
+    reach_x = float(boxes[:, 2].max()) if len(boxes) else 0.0
+    reach_y = float(boxes[:, 3].max()) if len(boxes) else 0.0
+    if len(boxes) and max(reach_x, reach_y) <= 1.0:
+        return 1.0, 1.0
+    if image is not None:
+        h, w = float(image.shape[0]), float(image.shape[1])
+        k = max(1.0, reach_x / w, reach_y / h)
+        return h * k, w * k
     if not len(boxes):
         return 1.0, 1.0
-    top = float(max(boxes[:, 2].max(), boxes[:, 3].max()))
-    if top <= 1.0:
-        return 1.0, 1.0
-    return float(math.ceil(1.1 * boxes[:, 3].max())), float(math.ceil(1.1 * boxes[:, 2].max()))
+    return float(math.ceil(1.1 * reach_y)), float(math.ceil(1.1 * reach_x))
 
 
 def detections_svg(example: dict[str, Any]) -> str:

@@ -192,7 +192,8 @@ def make_detect_task(example: dict | None = None) -> TaskResult:
     )
     return TaskResult(
         task="detect", headline="f1",
-        metrics={"f1": 0.12, "precision": 0.5, "recall": 0.07, "mean_iou": 0.81, "count_ratio": 0.14},
+        metrics={"f1": 0.12, "precision": 0.5, "recall": 0.07, "box_error": 1.9, "mean_iou": 0.81,
+                 "float_detections_per_sample": 2.9, "quant_detections_per_sample": 0.4},
         outputs=(out,), num_samples=40, details={"example": dict(DETECT_EXAMPLE if example is None else example)},
     )
 
@@ -214,20 +215,24 @@ def make_segment_task() -> TaskResult:
     out = OutputMetrics(index=0, name="logits", role="mask logits", shape=(8, 8, 3), sqnr_db=14.2,
                         relative_error=0.195, max_abs_error=3.4)
     return TaskResult(
-        task="segment", headline="mean_iou", metrics={"mean_iou": 0.62, "pixel_agreement": 0.875},
-        outputs=(out,), num_samples=12,
+        task="segment", headline="miou",
+        metrics={"miou": 0.62, "pixel_agreement": 0.875, "float_miou_labels": 0.7, "quant_miou_labels": 0.55,
+                 "miou_labels": 0.55},
+        outputs=(out,), num_samples=12, float_values={"miou_labels": 0.7},
         details={"example": {"sample": 4, "float_mask": float_mask, "quant_mask": quant_mask}},
     )
 
 
 def make_classify_task() -> TaskResult:
-    """The classifier of `make_diagnosis` seen as a task: top-1 agreement 0.35, accuracy 0.85 → 0.30."""
+    """The classifier of `make_diagnosis` seen as a task (as tasks/classify.py names its metrics): top-1 agreement
+    0.35, accuracy 0.85 → 0.30."""
     out = OutputMetrics(index=0, name="predictions", role="class scores", shape=(10,), sqnr_db=3.2,
                         relative_error=0.692, max_abs_error=5.1)
     return TaskResult(
-        task="classify", headline="top1_agreement",
-        metrics={"top1_agreement": 0.35, "top5_agreement": 0.8, "top1_accuracy": 0.3},
-        outputs=(out,), num_samples=20, float_values={"top1_accuracy": 0.85},
+        task="classify", headline="agreement",
+        metrics={"agreement": 0.35, "topk_agreement": 0.8, "top1": 0.3, "topk": 0.75, "kl_mean": 1.2345,
+                 "logit_sqnr_db": 3.2},
+        outputs=(out,), num_samples=20, float_values={"top1": 0.85, "topk": 0.95},
     )
 
 

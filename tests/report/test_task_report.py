@@ -29,13 +29,15 @@ GROUP_SENTENCE = (
 EXPECTED_DETECT = """\
 Task: detect (40 samples; headline F1)
 detection F1 vs float 0.12 (precision 0.50, recall 0.07), 1.00 for the float model
-Metric        Quantized   Float
-───────────────────────────────
-F1                0.120       -
-precision         0.500       -
-recall            0.070       -
-mean IoU          0.810       -
-count ratio       0.140       -
+Metric                        Quantized   Float
+───────────────────────────────────────────────
+F1                                0.120       -
+precision                         0.500       -
+recall                            0.070       -
+box error                         1.900       -
+mean IoU                          0.810       -
+float detections per sample       2.900       -
+quant detections per sample       0.400       -
 
 Outputs (SQNR in dB; errors against the float output over all samples)
 #   Output     Role                   Shape   SQNR   Rel err   Max err
@@ -72,8 +74,11 @@ def test_detector_terminal_shows_task_outputs_and_group_sentence(detect_diagnosi
 
 def test_segmenter_terminal_has_its_headline_and_no_group_section(segment_diagnosis):
     text = render_text(segment_diagnosis, width=80)
-    assert "segmentation mean IoU vs float 0.62, 1.00 for the float model" in text
-    assert "pixel agreement       0.875       -" in text
+    assert "segmentation mIoU vs float 0.62, 1.00 for the float model" in text
+    rows = {line.rsplit(None, 2)[0].strip(): line.split()[-2:] for line in text.splitlines()
+            if "IoU" in line or "agreement" in line}
+    assert rows["pixel agreement"] == ["0.875", "-"]
+    assert rows["mIoU labels"] == ["0.550", "0.700"]  # the float model's own value against the labels
     row = next(line for line in text.splitlines() if line.startswith("0   logits"))
     assert row.split() == ["0", "logits", "mask", "logits", "8x8x3", "14.2", "0.195", "3.4"]
     assert "Channel groups" not in text and "mixes" not in text
@@ -102,9 +107,12 @@ def test_without_task_and_model_nothing_crashes(diagnosis):
 
 
 def test_headline_quotes_the_float_value_when_it_has_one(classify_task_diagnosis):
-    task = dataclasses.replace(classify_task_diagnosis.task, headline="top1_accuracy")
-    assert ot.headline_sentence(task) == "classification top-1 accuracy 0.30, 0.85 for the float model"
-    assert ot.task_metric_rows(task)[-1] == ("top-1 accuracy", "0.300", "0.850")
+    task = classify_task_diagnosis.task
+    assert ot.headline_sentence(task) == "classification agreement vs float 0.35, 1.00 for the float model"
+    top1 = dataclasses.replace(task, headline="top1")
+    assert ot.headline_sentence(top1) == "classification top-1 0.30, 0.85 for the float model"
+    assert ot.task_metric_rows(task)[2] == ("top-1", "0.300", "0.850")
+    assert ot.task_metric_rows(task)[-1] == ("logit SQNR dB", "3.2", "-")
 
 
 @pytest.mark.parametrize("best, worst, expected", [
@@ -188,6 +196,18 @@ def test_detections_on_the_image_count_matches():
     assert tf._canvas(example, np.zeros((0, 6)), tf._image(example)) == (64.0, 48.0)
 
 
+@pytest.mark.parametrize("example, boxes, image, canvas", [
+    ({"size": [480, 640]}, [[0, 0, 700, 500]], (64, 48), (480.0, 640.0)),  # the example says
+    ({}, [[0.1, 0.2, 0.5, 0.9]], (64, 48), (1.0, 1.0)),  # normalized boxes
+    ({}, [[0, 0, 96, 64]], (64, 48), (128.0, 96.0)),  # a thumbnail of a twice larger input
+    ({}, [[0, 0, 30, 20]], (64, 48), (64.0, 48.0)),  # the image at the input's size
+    ({}, [[0, 0, 62, 60]], None, (66.0, 69.0)),  # no image: the boxes' reach and a tenth
+])
+def test_canvas(example, boxes, image, canvas):
+    rows = np.asarray([b + [0, 0.9] for b in boxes], dtype=np.float64)
+    assert tf._canvas(example, rows, None if image is None else np.zeros(image)) == canvas
+
+
 def test_an_unreadable_image_falls_back_to_a_canvas():
     example = dict(DETECT_EXAMPLE, image=base64.b64encode(b"not a png").decode())
     assert tf._image(example) is None
@@ -225,3 +245,36 @@ def test_outputs_frame_has_a_row_per_output_and_group(detect_diagnosis):
 def test_every_format_renders_a_detector(detect_diagnosis):
     for fmt in ("terminal", "json", "html", "frame"):
         assert render(detect_diagnosis, fmt) is not None
+
+
+# -- results made by the task accumulators themselves (no model run) -----------------------------------------------
+
+
+def test_renders_what_the_detect_and_segment_tasks_produce():
+    import json
+
+    from quantdoctor.tasks.base import TaskOptions
+    from quantdoctor.tasks.detect import DetectAccumulator
+    from quantdoctor.tasks.segment import SegmentAccumulator
+    from tests.tasks.conftest import specs
+
+    head = np.zeros((10, 6))
+    head[:2] = [[10, 10, 4, 4, 0.9, 0.1], [30, 30, 4, 4, 0.2, 0.8]]
+    lost = head.copy()
+    lost[:, 4:] = 0.2  # every score under the threshold
+    det = DetectAccumulator(specs((10, 6)), TaskOptions(), scales=[0.5])
+    det.update([head[None]], [lost[None]])
+    d = make_task_diagnosis(det.result())
+    text = render_text(d)
+    assert "detection F1 vs float 0.00 (precision 0.00, recall 0.00), 1.00 for the float model" in text
+    html = render_html(d)
+    assert "Sample 0: the float model finds 2 objects (scores 0.80-0.90); the quantized model finds 0." in html
+    json.loads(d.to_json())
+
+    f, q = np.eye(3)[np.array([[0, 1], [1, 2]])], np.eye(3)[np.array([[0, 1], [2, 2]])]
+    seg = SegmentAccumulator(specs(f.shape), TaskOptions())
+    seg.update([f[None]], [q[None]])
+    d = make_task_diagnosis(seg.result())
+    assert "segmentation mIoU vs float" in render_text(d)
+    assert "Sample 0: the quantized mask agrees with the float mask on 75.0% of pixels (3 of 4); class 1 covers 2 " \
+           "pixels in the float mask and 1 in the quantized one." in _captions(render_html(d))
