@@ -6,6 +6,9 @@ Keras 3 models go through `tf.lite.TFLiteConverter.from_keras_model`, which in T
 model and layer scopes, fused ops join their source names with `;`, and the flatbuffer writer appends a de-duplication
 counter ("1", "2") that can shift between schemes. A float .tflite is re-quantized by `quantize.recipes` with
 ai-edge-quantizer instead, since the TF converter cannot read .tflite files.
+
+`convert` and `requantize` go through `quantdoctor.cache`: the same model, scheme and calibration data give the stored
+bytes without running the converter.
 """
 
 from __future__ import annotations
