@@ -187,7 +187,7 @@ def finding_sentence(finding, diagnosis=None) -> str:
     text += " " + check if check else ""
     fix = finding.fix_check
     if fix is not None:
-        text += (f" Fix applied with the real quantizer ({fix.action}): top-1 agreement {fix.before:.2f} → "
+        text += (f" Fix applied with the real quantizer ({fix.action}): {_metric(fix.outcome)} {fix.before:.2f} → "
                  f"{fix.outcome.top1_agreement:.2f} on {fix.samples} samples ({_pct(fix.outcome.recovery)} of the loss "
                  "recovered).")
     return text
@@ -203,9 +203,15 @@ def check_sentence(finding, diagnosis=None) -> str:
     samples = f" on {v.samples} samples" if v is not None else ""
     what = f"making {_names(finding.layers, 2)} exact" if finding.layers else "making its ops exact"
     if finding.verified:
-        return (f"Verified: {what} brings top-1 agreement from {before} to {c.top1_agreement:.2f}{samples} "
+        return (f"Verified: {what} brings {_metric(c)} from {before} to {c.top1_agreement:.2f}{samples} "
                 f"({_pct(c.recovery)} of the loss recovered).")
     return f"Not verified: {what} gives {c.top1_agreement:.2f} ({_pct(c.recovery)} of the loss recovered{samples})."
+
+
+def _metric(outcome) -> str:
+    from quantdoctor.report.outputs_text import outcome_metric
+
+    return outcome_metric(outcome)
 
 
 def verification_sentence(diagnosis) -> str:
@@ -217,7 +223,7 @@ def verification_sentence(diagnosis) -> str:
     if not v.causes:
         return f"Verification ({cost}): {v.note}"
     labels = list(v.cause_labels) or [f"op {p}" for p in v.causes]
-    return (f"Verification ({cost}): making {_names(tuple(labels), 4)} exact brings top-1 agreement from "
+    return (f"Verification ({cost}): making {_names(tuple(labels), 4)} exact brings {_metric(v.baseline)} from "
             f"{v.baseline.top1_agreement:.2f} to {v.cause_outcome.top1_agreement:.2f}; every op exact gives "
             f"{v.all_exact.top1_agreement:.2f}.")
 

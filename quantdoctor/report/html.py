@@ -22,6 +22,7 @@ def render_html(diagnosis: Diagnosis) -> str:
     from quantdoctor.report import findings_text as ft
     from quantdoctor.report.figures import report_figures
     from quantdoctor.report.plots import error_by_depth_svg, excess_caption
+    from quantdoctor.report.outputs_text import outcome_metric
     from quantdoctor.report.task_figures import task_figures
 
     template = _environment().get_template("report.html.j2")
@@ -30,6 +31,7 @@ def render_html(diagnosis: Diagnosis) -> str:
         findings=[_finding_view(f, diagnosis) for f in diagnosis.findings],
         no_findings=ft.no_findings_sentence(diagnosis),
         verification_sentence=ft.verification_sentence(diagnosis),
+        verification_metric=outcome_metric(diagnosis.verification.baseline) if diagnosis.verification else "",
         sensitivity_columns=s.SENSITIVITY_COLUMNS,
         sensitivity_rows=[s.sensitivity_row(r) for r in diagnosis.verification.table] if diagnosis.verification else [],
         margins_sentence=ft.margins_sentence(diagnosis.margins) if diagnosis.margins is not None else "",

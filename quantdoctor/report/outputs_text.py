@@ -37,6 +37,13 @@ def metric_title(name: str) -> str:
     return " ".join(_WORDS.get(w.lower(), w) for w in name.split("_") if w)
 
 
+def outcome_metric(outcome) -> str:
+    """What a counterfactual's `top1_agreement` holds, in words: a classifier's top-1 agreement, else the task's
+    headline ("F1", "mIoU"); the words the verification sentences use."""
+    name = getattr(outcome, "metric", "agreement")
+    return "top-1 agreement" if name == "agreement" else metric_title(name)
+
+
 def fmt_metric(name: str, v: float | None) -> str:
     """A metric value: dB with one decimal, anything else with three (so a column of them lines up), large values in
     three significant digits."""

@@ -155,7 +155,9 @@ def sensitivity(d: Diagnosis) -> RenderableType:
     v = d.verification
     if v is None or not v.table:
         return Text("")
-    table = Table(title=f"Sensitivity (top-1 agreement at the output, {v.samples} samples; quantized "
+    from quantdoctor.report.outputs_text import outcome_metric
+
+    table = Table(title=f"Sensitivity ({outcome_metric(v.baseline)} at the output, {v.samples} samples; quantized "
                         f"{v.baseline.top1_agreement:.2f})", title_justify="left", box=box.SIMPLE_HEAD,
                   pad_edge=False, show_edge=False)
     for name in s.SENSITIVITY_COLUMNS:

@@ -171,7 +171,7 @@ def make_healthy_diagnosis() -> Diagnosis:
                      onset=None)
 
 
-# -- diagnoses of other tasks (quantdoctor/tasks): the headline and the outputs come from `Diagnosis.task` --------------
+# -- diagnoses of other tasks (quantdoctor/tasks): the headline and the outputs come from `Diagnosis.task` -------------
 
 DETECT_EXAMPLE = {
     "sample": 17,

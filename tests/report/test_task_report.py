@@ -278,3 +278,37 @@ def test_renders_what_the_detect_and_segment_tasks_produce():
     assert "segmentation mIoU vs float" in render_text(d)
     assert "Sample 0: the quantized mask agrees with the float mask on 75.0% of pixels (3 of 4); class 1 covers 2 " \
            "pixels in the float mask and 1 in the quantized one." in _captions(render_html(d))
+
+
+def _verified(d):
+    """`d` with a verification measured on its task's headline (F1 for the detector): op 4 exact recovers 90 %."""
+    from quantdoctor.diagnose.verification import Outcome, Sensitivity, Verification
+
+    def outcome(kind, ops, value, recovery):
+        return Outcome(kind, ops, value, value, None, 6.3, recovery, metric=d.task.headline)
+
+    base, fixed = outcome("quantized", (), 0.12, 0.0), outcome("op_exact", (4,), 0.91, 0.9)
+    row = Sensitivity(4, "b1_dw_relu", "DEPTHWISE_CONV_2D", fixed, None, True)
+    v = Verification(samples=40, candidates=9, target=0.8, baseline=base,
+                     all_exact=outcome("op_exact", (4, 5), 1.0, 1.0), causes=(4,), cause_outcome=fixed, table=(row,),
+                     evaluations=3, seconds=1.5, cause_labels=("b1_dw_relu",))
+    return dataclasses.replace(d, verification=v)
+
+
+def test_verification_names_the_task_headline(detect_diagnosis):
+    import json
+
+    import jsonschema
+
+    from .test_schema import SCHEMA
+
+    d = _verified(detect_diagnosis)
+    text = render_text(d)
+    assert "Sensitivity (F1 at the output, 40 samples; quantized 0.12)" in text
+    assert ("Verification (3 evaluations, 1.5 s, 40 samples): making b1_dw_relu exact brings F1 from 0.12 to 0.91; "
+            "every op exact gives 1.00.") in render_text(d, width=200)
+    assert "top-1 agreement" not in text
+    assert "Exact: F1 with this op computed by its float twin" in render_html(d)
+    doc = json.loads(d.to_json())
+    assert doc["verification"]["baseline"]["metric"] == "f1"
+    assert list(jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).iter_errors(doc)) == []
