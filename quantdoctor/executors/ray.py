@@ -1,8 +1,10 @@
 """The Ray executor: items run on Ray actors, one CPU each; results come back in the items' order.
 
-A `WorkerMethod`'s arguments are put into Ray's object store once and every actor makes its object from them once, so a
-worker pays the set-up (reading the builder, the float outputs, the batches) once and then only the items' own work.
-Items are handed to whichever actor is free (`ray.util.ActorPool`), so slow and fast items balance out.
+One set of `workers` actors (one CPU each) serves every `map` of an executor, plain functions and `WorkerMethod`s alike:
+a second set would wait forever for CPUs the first holds. A `WorkerMethod`'s arguments are put into Ray's object store
+once and every actor makes its object from them once, so a worker pays the set-up (reading the builder, the float
+outputs, the batches) once and then only the items' own work. Items are handed to whichever actor is free
+(`ray.util.ActorPool`), so slow and fast items balance out.
 
 Ray is imported when this executor is made, never by `import quantdoctor`.
 """
@@ -33,16 +35,23 @@ def import_ray() -> Any:
 
 
 class _Worker:
-    """The actor: one object made by `factory(*args)`, then `method(item)` calls on it."""
+    """The actor: the objects of the `WorkerMethod`s it serves (by key), made once each, and plain function calls."""
 
-    def __init__(self, factory: Callable[..., Any], *args: Any) -> None:
-        self.obj = factory(*args)
+    def __init__(self) -> None:
+        self.objects: dict[int, Any] = {}
 
     def ready(self) -> int:
         return os.getpid()
 
-    def call(self, method: str, item: Any) -> Any:
-        return getattr(self.obj, method)(item)
+    def make(self, key: int, factory: Callable[..., Any], *args: Any) -> None:
+        if key not in self.objects:
+            self.objects[key] = factory(*args)
+
+    def call(self, key: int, method: str, item: Any) -> Any:
+        return getattr(self.objects[key], method)(item)
+
+    def apply(self, fn: Callable[[Any], Any], item: Any) -> Any:
+        return fn(item)
 
 
 @EXECUTORS.register("ray")
@@ -63,8 +72,8 @@ class RayExecutor:
         self._requested, self.address = workers, address
         self.started = False
         self.profile = Profile()
-        self._pools: dict[int, tuple[WorkerMethod, list[Any]]] = {}
-        self._actor_class: Any = None
+        self._actors: list[Any] = []
+        self._made: dict[int, WorkerMethod] = {}  # the WorkerMethod is kept so its id stays unique
 
     # -- cluster -------------------------------------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -87,44 +96,55 @@ class RayExecutor:
         self._connect()
         return max(1, int(self._ray.cluster_resources().get("CPU", 1)))
 
-    def _actors(self, fn: WorkerMethod) -> list[Any]:
-        """The actors of `fn`, started (and their objects made) on first use."""
-        if id(fn) in self._pools:
-            return self._pools[id(fn)][1]
+    def _start(self) -> list[Any]:
+        """The actors, started on first use."""
+        if self._actors:
+            return self._actors
         ray = self._ray
         self._connect()
         cpus = int(ray.cluster_resources().get("CPU", 0))
         if self.workers > cpus:  # an actor without a free CPU would wait forever
             raise UserInputError(f"--workers {self.workers} is more than the {cpus} CPU(s) of the Ray cluster; "
                                  f"give --workers {max(cpus, 1)} or fewer")
-        if self._actor_class is None:
-            self._actor_class = ray.remote(num_cpus=1)(_Worker)
+        start = time.perf_counter()
+        actors = [ray.remote(num_cpus=1)(_Worker).remote() for _ in range(self.workers)]
+        ray.get([a.ready.remote() for a in actors])
+        self.profile.startup += time.perf_counter() - start
+        self._actors = actors
+        return actors
+
+    def _make(self, fn: WorkerMethod) -> None:
+        """`fn`'s object on every actor, from arguments put into the object store once."""
+        if id(fn) in self._made:
+            return
+        ray = self._ray
+        actors = self._start()
         start = time.perf_counter()
         refs = [ray.put(a) for a in fn.args]  # once; every actor reads the same objects
         self.profile.transfer += time.perf_counter() - start
         start = time.perf_counter()
-        actors = [self._actor_class.remote(fn.factory, *refs) for _ in range(self.workers)]
-        ray.get([a.ready.remote() for a in actors])  # raises here when a factory fails
+        ray.get([a.make.remote(id(fn), fn.factory, *refs) for a in actors])  # raises here when a factory fails
         self.profile.startup += time.perf_counter() - start
-        self._pools[id(fn)] = (fn, actors)
-        return actors
+        self._made[id(fn)] = fn
 
     # -- work ----------------------------------------------------------------------------------------------------------
     def map(self, fn: Callable[[Any], Any] | WorkerMethod, items: Sequence[Any]) -> list[Any]:
-        ray = self._ray
+        from ray.util import ActorPool
+
         if not items:
             return []
         if isinstance(fn, WorkerMethod):
-            from ray.util import ActorPool
+            self._make(fn)
+            key, method = id(fn), fn.method
 
-            pool = ActorPool(self._actors(fn))
-            start = time.perf_counter()
-            out = list(pool.map(lambda actor, item: actor.call.remote(fn.method, item), list(items)))
+            def submit(actor: Any, item: Any) -> Any:
+                return actor.call.remote(key, method, item)
         else:
-            self._connect()
-            start = time.perf_counter()
-            task = ray.remote(num_cpus=1)(fn)
-            out = ray.get([task.remote(item) for item in items])
+            def submit(actor: Any, item: Any) -> Any:
+                return actor.apply.remote(fn, item)
+        pool = ActorPool(self._start())
+        start = time.perf_counter()
+        out = list(pool.map(submit, list(items)))
         self.profile.mapping += time.perf_counter() - start
         self.profile.items += len(items)
         return out
@@ -132,10 +152,9 @@ class RayExecutor:
     def close(self) -> None:
         ray = self._ray
         if ray.is_initialized():
-            for _, actors in self._pools.values():
-                for actor in actors:
-                    ray.kill(actor)
-        self._pools.clear()
+            for actor in self._actors:
+                ray.kill(actor)
+        self._actors, self._made = [], {}
         if self.started and ray.is_initialized():
             ray.shutdown()
         self.started = False
