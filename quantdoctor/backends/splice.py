@@ -16,6 +16,7 @@ import numpy as np
 from quantdoctor.backends.base import Batch, Graph, as_inputs
 from quantdoctor.errors import DataError
 
+SHAPE_READERS = frozenset({"SHAPE", "Shape"})
 Compute = Callable[[int, list[np.ndarray]], list[np.ndarray]]
 
 
@@ -98,7 +99,9 @@ class SpliceBase:
         return [values[t] for t in self.outputs]
 
     def _stays_float(self, t: int) -> bool:
-        consumers = self.graph.tensors[t].consumers
+        # An op that reads only the tensor's shape (a converter's SHAPE in front of a RESHAPE) does not need its
+        # values on the grid.
+        consumers = [c for c in self.graph.tensors[t].consumers if self.graph.op(c).type not in SHAPE_READERS]
         return bool(consumers) and t not in self.outputs and all(c in self.replaced for c in consumers)
 
 

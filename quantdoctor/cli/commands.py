@@ -40,6 +40,10 @@ def _config(args: argparse.Namespace, **over):
         force=getattr(args, "force", False),
         cache=not getattr(args, "no_cache", False),
     )
+    if hasattr(args, "task"):
+        from quantdoctor.cli.task_options import task_options
+
+        fields["task"], fields["task_options"] = task_options(args)
     fields.update(over)
     return DiagnoseConfig(**fields)
 

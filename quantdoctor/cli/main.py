@@ -34,8 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_explain_options(d)
     add_output_options(d)
     from quantdoctor.cli.model_options import add_model_options
+    from quantdoctor.cli.task_options import add_task_options
 
     add_model_options(d)
+    add_task_options(d)
 
     s = sub.add_parser("schemes", help="list the quantization schemes and the converter settings behind each")
     s.add_argument("--markdown", action="store_true", help="print the table as Markdown")

@@ -12,6 +12,10 @@ from pathlib import Path
 EXIT_BUDGET_NOT_MET = 3
 
 
+METRIC_CHOICES = ("agreement", "top1", "topk", "f1", "recall", "precision", "miou", "pixel_agreement", "miou_labels",
+                  "fidelity")
+
+
 def add_parsers(sub) -> None:
     """Add the `repair` and `apply` subcommands to main's subparsers."""
     from quantdoctor.cli.checks import finite, whole
@@ -25,8 +29,10 @@ def add_parsers(sub) -> None:
                    help="a quantized .tflite or .onnx made elsewhere (its scheme is read from it)")
     r.add_argument("--max-drop", type=finite(0.0, 100.0), default=1.0,
                    help="allowed drop in points of --metric, 0 to 100 (default: 1.0)")
-    r.add_argument("--metric", default="agreement", choices=("agreement", "top1", "topk"),
-                   help="agreement = top-1 agreement with float; top1/topk = accuracy on labels")
+    r.add_argument("--metric", default=None, choices=METRIC_CHOICES,
+                   help="the budget metric (default: the task's headline): classify: agreement (top-1 agreement with "
+                        "float), top1/topk (accuracy on labels); detect: f1, recall, precision (against the float "
+                        "detections); segment: miou, pixel_agreement, miou_labels; regress: fidelity")
     r.add_argument("--out", metavar="DIR",
                    help="write repaired.tflite (.onnx), recipe.json, repair.json and repair.html here")
     r.add_argument("--rank-size", type=whole(1), default=32, help="samples the search ranks candidates on (default: 32)")
@@ -45,6 +51,9 @@ def add_parsers(sub) -> None:
     from quantdoctor.cli.model_options import add_model_options
 
     add_model_options(r)
+    from quantdoctor.cli.task_options import add_task_options
+
+    add_task_options(r)
 
     a = sub.add_parser("apply", help="re-apply a repair recipe to the float model it was made from")
     a.add_argument("recipe", help="recipe.json written by `quantdoctor repair --out`")
@@ -55,8 +64,10 @@ def add_parsers(sub) -> None:
 
 def run_repair(args: argparse.Namespace) -> int:
     from quantdoctor.cli.model_options import model_source
+    from quantdoctor.cli.task_options import task_options
     from quantdoctor.repair import repair
 
+    task, options = task_options(args)
     if args.out:
         from quantdoctor.cli.checks import check_output_dir, input_paths
         from quantdoctor.repair.api import HTML_NAME, RECIPE_NAME, RESULT_NAME, model_name
@@ -68,7 +79,7 @@ def run_repair(args: argparse.Namespace) -> int:
         metric=args.metric, out=args.out, preprocess=args.preprocess, resize=args.resize, calib=args.calib,
         calib_count=args.calib_count, batch_size=args.batch_size, top_k=args.top_k, max_samples=args.max_samples,
         rank_size=args.rank_size, cache=not args.no_cache, executor=args.executor, workers=args.workers,
-        ray_address=args.ray_address,
+        ray_address=args.ray_address, task=task, task_options=options,
     )
     print(result.to_json() if args.json else result.summary())
     if args.out:

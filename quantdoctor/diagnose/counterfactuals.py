@@ -23,6 +23,7 @@ from quantdoctor.diagnose.verification import Outcome, recovery
 from quantdoctor.matching.match import Matching, through_conversions
 
 _INTEGER = ("int8", "uint8", "int16", "uint16")
+_SHAPE_TYPES = ("int32", "int64")
 MAX_CHAIN = 3  # float ops a fused quantized op may stand for (Conv + Relu, Conv + Clip, ...)
 
 
@@ -111,10 +112,18 @@ class Counterfactuals:
             for t in f_in:
                 q = self._f_to_q.get(t)
                 q = None if q is None else through_conversions(self.qg, q)
+                if q is None and self.fg.tensors[t].dtype in _SHAPE_TYPES:
+                    # A shape computed at run time (SHAPE → STRIDED_SLICE → PACK in front of a RESHAPE) is not
+                    # matched as an activation: pair it with the quantized op's unused shape input in order.
+                    q = next((u for u in q_in if self.qg.tensors[u].dtype in _SHAPE_TYPES
+                              and q_in.index(u) not in perm), None)
                 if q not in q_in:
                     break
                 perm.append(q_in.index(q))
-            if len(perm) == len(f_in) == len(q_in) and len(set(perm)) == len(perm):
+            # The quantized op may also read a shape where the float op reads a constant: such inputs are not data.
+            rest = [q_in[k] for k in range(len(q_in)) if k not in perm]
+            shapes_only = all(self.qg.tensors[t].dtype in _SHAPE_TYPES for t in rest)
+            if len(perm) == len(f_in) and shapes_only and len(set(perm)) == len(perm):
                 out[op.index] = (tuple(chain), tuple(perm))
         return out
 

@@ -74,8 +74,9 @@ class Context:
 
     @property
     def loss(self) -> float:
-        """Share of samples whose top-1 changed."""
-        a = self.diagnosis.model.top1_agreement
+        """Share of samples whose top-1 changed; for another task, 1 − its headline (e.g. 1 − detection F1)."""
+        d = self.diagnosis
+        a = d.model.top1_agreement if d.model is not None else (d.task.value if d.task is not None else None)
         return math.nan if a is None or math.isnan(a) else 1.0 - a
 
 

@@ -14,7 +14,11 @@ part spans ≤ `FEW_LEVELS` steps of the shared per-tensor scale, and it costs s
 readers end below `SUFFERS_BELOW_DB`. The `positions` are what a counterfactual must make exact: the op where the
 scales meet, the requantize op or the producer that puts the narrow part on the shared scale, and the op's readers
 (an integer reader takes its input back on the same grid). Activation-outlier and grid-coverage findings on those ops
-are its symptoms: `absorb_symptoms` demotes them to info.
+are its symptoms: `absorb_symptoms` demotes them to info. Tensors upstream that the converter gave the shared scale and
+that it crushes too (`_crushed_upstream`) join the positions with their readers, and a finding on a run of channels inside the ops of a
+finding on the inputs is the same cause seen again (dropped). Score: the larger of the readers' share of the output
+error and the narrow part's lost signal (noise-to-signal power ratio on the shared grid, capped at 1), since squared
+error in the output's units ranks a collapsed score below a pixel of box error.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ __all__ = ["FEW_LEVELS", "MERGE_OPS", "RANGE_RATIO", "absorb_symptoms", "grid_sq
 
 RANGE_RATIO = 20.0  # widest / narrowest part's range
 FEW_LEVELS = 16.0  # the narrow part spans at most this many steps of the shared scale
+UPSTREAM_DEPTH = 4  # ops walked back from the meeting point for tensors the shared scale was propagated to
 GROUP_RATIO = 8.0  # channels whose ranges differ by this much start a new group (group_channels)
 MERGE_OPS = ("CONCATENATION", "ADD", "Concat", "Add")  # TFLite, ONNX
 CONCAT_OPS = ("CONCATENATION", "Concat")
@@ -130,10 +135,16 @@ def _judge(ctx: Context, l: LayerResult, parts: list[_Part], scale: float) -> Fi
     if not costly:
         return None
     feeders = _feeders(ctx, l, small, scale)
+    upstream = _crushed_upstream(ctx, l, scale)
     layers = [f for f in feeders if isinstance(f, LayerResult)] + readers
+    layers += [x for u in upstream for x in _with_consumers(ctx, u) if x not in layers]
     requantize = [f for f in feeders if isinstance(f, int)]
     positions = tuple(sorted({p.position for p in layers} | set(requantize)))
-    score = _share(readers)
+    # The share of the output's squared error is the wrong yardstick when the parts are different quantities (a
+    # pixel of box error outweighs a whole score): the narrow part's own lost signal counts too, as its
+    # noise-to-signal power ratio 10^(−SQNR/10), capped at 1 (= its signal is gone).
+    lost_signal = min(1.0, 10.0 ** (-small_db / 10.0)) if math.isfinite(small_db) else 0.0
+    score = max(_share(readers), lost_signal)
     evidence = {
         "op": l.label,
         "op_type": l.op_type,
@@ -156,6 +167,8 @@ def _judge(ctx: Context, l: LayerResult, parts: list[_Part], scale: float) -> Fi
         "small_input_sqnr_db": small.layer.accumulated.sqnr_db if small.layer is not None else math.nan,
         "reader_sqnr_db": min(r.accumulated.sqnr_db for r in readers),
         "requantize_op": requantize[0] if requantize else -1,
+        "crushed_upstream": [u.label for u in upstream],
+        "crushed_upstream_levels": [_span(u) / scale for u in upstream],
         "position": l.position,
     }
     fix = (f"keep {l.label} and the ops that read it in float, or give its output 16-bit activations; or split it "
@@ -171,6 +184,34 @@ def _judge(ctx: Context, l: LayerResult, parts: list[_Part], scale: float) -> Fi
         fix=fix,
         score=score,
     )
+
+
+def _span(layer: LayerResult) -> float:
+    s = layer.float_stats
+    return float(max(s.channel_max) - min(s.channel_min)) if s is not None and s.channel_max else math.nan
+
+
+def _crushed_upstream(ctx: Context, l: LayerResult, scale: float, depth: int = UPSTREAM_DEPTH) -> list[LayerResult]:
+    """Tensors upstream of `l` that carry the shared scale although their own range spans ≤ `FEW_LEVELS` of its steps.
+
+    The converter propagates a meeting point's scale backwards through ops that keep their input's scale (TFLite's
+    int8 quantizer does so through a MUL by a constant in a box decode: the ADD before it, 0..8, is left 3 steps of a
+    0..631 grid). Walked through inputs that carry the shared scale, at most `depth` ops deep.
+    """
+    by_name = {x.float_tensor: x for x in ctx.diagnosis.layers}
+    found: list[LayerResult] = []
+    frontier = [by_name.get(n) for n in l.input_tensors]
+    for _ in range(depth):
+        nxt = []
+        for x in frontier:
+            q = None if x is None else x.quant
+            if q is None or len(q.scales) != 1 or not math.isclose(q.scales[0], scale, rel_tol=1e-3):
+                continue
+            if _span(x) / scale <= FEW_LEVELS and x not in found:
+                found.append(x)
+            nxt += [by_name.get(n) for n in x.input_tensors]
+        frontier = nxt
+    return sorted(found, key=lambda x: x.position)
 
 
 def _feeders(ctx: Context, l: LayerResult, small: _Part, scale: float) -> list:
@@ -246,6 +287,8 @@ def absorb_symptoms(found: list[Finding]) -> list[Finding]:
         return found
     out = []
     for f in found:
+        if f.mechanism == "mixed_ranges" and any(m is not f and set(f.positions) < set(m.positions) for m in mixed):
+            continue  # the same crushed part, seen again downstream (a graph output after the concatenation)
         owner = next((m for m in mixed if f.mechanism in SYMPTOMS and f.positions and f.positions[0] in m.positions),
                      None)
         if owner is not None:

@@ -63,14 +63,20 @@ def with_example_input(result, dataset):
     example = result.details.get("example")
     if not isinstance(example, dict) or "sample" not in example:
         return result
-    image = example_image(dataset, int(example["sample"]))
-    if image is None:
+    found = example_image(dataset, int(example["sample"]))
+    if found is None:
         return result
-    return replace(result, details={**result.details, "example": {**example, "image": image}})
+    image, size = found
+    extra = {"image": image}
+    boxes = [b for side in ("float", "quant") for b in example.get(side, ())]
+    if all(max(b[0], b[2]) <= size[1] * 1.05 and max(b[1], b[3]) <= size[0] * 1.05 for b in boxes):
+        extra["size"] = list(size)  # boxes in input pixels (else in another frame, e.g. the source image's)
+    return replace(result, details={**result.details, "example": {**example, **extra}})
 
 
-def example_image(dataset, position: int) -> str | None:
-    """Sample `position` of the dataset as a base64 PNG (at most `THUMBNAIL` px a side), or None if not an image.
+def example_image(dataset, position: int) -> tuple[str, tuple[int, int]] | None:
+    """Sample `position` of the dataset as a base64 PNG (at most `THUMBNAIL` px a side) and the input's (height,
+    width), which box coordinates refer to; None if the sample is not an image.
 
     The preprocessed sample is rescaled to 0..255 by its own range, so any preset draws.
     """
@@ -94,8 +100,9 @@ def example_image(dataset, position: int) -> str | None:
     lo, hi = float(np.nanmin(sample)), float(np.nanmax(sample))
     pixels = np.zeros_like(sample) if hi <= lo else (sample - lo) / (hi - lo) * 255.0
     pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+    size = (int(sample.shape[0]), int(sample.shape[1]))
     image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
     image.thumbnail((THUMBNAIL, THUMBNAIL))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return base64.b64encode(buffer.getvalue()).decode("ascii"), size

@@ -140,6 +140,7 @@ def _shrink(cf: Counterfactuals, causes: list[int], outcome: Outcome, target: fl
 SYMPTOMS = ("output_margins", "accumulated_drift")  # describe how the damage shows; context when not verified
 NOT_OP_CAUSES = ("accumulated_drift", "float_ops")  # no op to make exact (drift: all of them; float ops: speed)
 VERIFY_FINDINGS = 4  # op-level findings checked one by one (the located causes cover the rest)...
+DISPROVEN = 0.1  # a critical finding whose ops made exact win back less than this share is demoted to a warning
 CHECK_INFO = False  # ...info-level ones only when they are among them and this is set (each check is one pass)
 
 
@@ -187,8 +188,10 @@ def verify_findings(findings, diagnosis, cf: Counterfactuals, verification: Veri
             continue
         outcome = cf.op_exact(ops)
         ok = outcome.recovery >= target
-        checked.append(replace(f, check=outcome, verified=ok, role="cause" if ok else f.role,
-                               severity=_verified_severity(f, outcome, verification) if ok else f.severity))
+        severity = _verified_severity(f, outcome, verification) if ok else f.severity
+        if not ok and severity is Severity.CRITICAL and outcome.recovery < DISPROVEN:
+            severity = Severity.WARNING  # measured: fixing these ops wins back next to nothing
+        checked.append(replace(f, check=outcome, verified=ok, role="cause" if ok else f.role, severity=severity))
     causes = set(verification.causes)
     if causes and not any(f.verified and causes <= set(f.positions) for f in checked):
         checked.append(_measured_cause(diagnosis, verification))

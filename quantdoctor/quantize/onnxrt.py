@@ -111,34 +111,39 @@ def ort_scheme_table_markdown() -> str:
 class _Batches:
     """A `CalibrationDataReader` over calibration batches, split into chunks the model's fixed batch dim accepts.
 
-    ORT accepts any object with `get_next` as a reader (`CalibrationDataReader.__subclasshook__`), so this needs no
-    onnxruntime import.
+    A batch is one array, or one array per model input (in `input_names` order). ORT accepts any object with `get_next`
+    as a reader (`CalibrationDataReader.__subclasshook__`), so this needs no onnxruntime import.
     """
 
-    def __init__(self, calibration: Callable[[], Iterable[np.ndarray]], input_name: str, fixed_batch: int | None):
+    def __init__(self, calibration: Callable[[], Iterable[np.ndarray]], input_names: Sequence[str],
+                 fixed_batch: int | None):
         self._make = calibration
-        self._name = input_name
+        self._names = tuple(input_names)
         self._fixed = fixed_batch
         self._it = None
         self.count = 0
 
     def _feeds(self):
         for batch in self._make():
-            x = np.asarray(batch, dtype=np.float32)
-            if self._fixed is None or x.shape[0] == self._fixed:
-                yield x
+            arrays = [np.asarray(b, dtype=np.float32) for b in (batch if isinstance(batch, (tuple, list)) else (batch,))]
+            if len(arrays) != len(self._names):
+                raise UserInputError(f"a calibration batch holds {len(arrays)} array(s); the model has "
+                                     f"{len(self._names)} inputs ({', '.join(self._names)})")
+            n = arrays[0].shape[0]
+            if self._fixed is None or n == self._fixed:
+                yield dict(zip(self._names, arrays))
             else:
-                for i in range(0, x.shape[0] - self._fixed + 1, self._fixed):
-                    yield x[i:i + self._fixed]
+                for i in range(0, n - self._fixed + 1, self._fixed):
+                    yield {name: a[i:i + self._fixed] for name, a in zip(self._names, arrays)}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._it is None:
             self._it = self._feeds()
-        x = next(self._it, None)
-        if x is None:
+        feed = next(self._it, None)
+        if feed is None:
             return None
         self.count += 1
-        return {self._name: x}
+        return feed
 
     def rewind(self) -> None:
         self._it = None
@@ -164,14 +169,13 @@ def _ort_overrides(overrides: dict[str, list[dict[str, Any]]]) -> dict[str, list
     return out
 
 
-def _input_of(proto: Any) -> tuple[str, int | None]:
+def _inputs_of(proto: Any) -> tuple[list[str], int | None]:
+    """The model's input names and its fixed batch size (None when the first input's batch dim is free)."""
     inits = {t.name for t in proto.graph.initializer}
     inputs = [vi for vi in proto.graph.input if vi.name not in inits]
-    if len(inputs) != 1:
-        raise UserInputError(f"the model has {len(inputs)} inputs; quantdoctor supports single-input models for now")
-    dims = inputs[0].type.tensor_type.shape.dim
+    dims = inputs[0].type.tensor_type.shape.dim if inputs else ()
     fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
-    return inputs[0].name, fixed
+    return [vi.name for vi in inputs], fixed
 
 
 def quantize_onnx(
@@ -203,7 +207,7 @@ def quantize_onnx(
 
     Raises:
         UnknownNameError: an unknown scheme or calibration method.
-        UserInputError: a static scheme without calibration data, or a model with several inputs.
+        UserInputError: a static scheme without calibration data.
         ModelLoadError: the bytes are not an ONNX model.
         QuantDoctorError: ONNX Runtime failed (its first line quoted).
     """
@@ -250,7 +254,7 @@ def _quantize_onnx(
     from quantdoctor.backends.onnx.loader import parse_model
 
     proto = parse_model(bytes(float_bytes), "the float model")
-    input_name, fixed = _input_of(proto)
+    input_names, fixed = _inputs_of(proto)
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -272,7 +276,7 @@ def _quantize_onnx(
                 pre = Path(tmp) / "pre.onnx"
                 quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
                 src = pre
-            reader = _Batches(calibration, input_name, fixed)
+            reader = _Batches(calibration, input_names, fixed)
             extra: dict[str, Any] = {"ActivationSymmetric": s.activation_symmetric}
             # ORT keeps every calibration batch's activations until the end. Its CalibMaxIntermediateOutputs option
             # would bound that, but in 1.31 it drops each full chunk without merging its ranges (MinMaxCalibrater.

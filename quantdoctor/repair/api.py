@@ -27,7 +27,7 @@ def repair(
     scheme: str | None = None,
     quantized: str | Path | None = None,
     max_drop: float = 1.0,
-    metric: str = "agreement",
+    metric: str | None = None,
     out: str | Path | None = None,
     *,
     preprocess: str = "none",
@@ -43,6 +43,8 @@ def repair(
     executor: str = "local",
     workers: int | None = None,
     ray_address: str | None = None,
+    task: str = "auto",
+    task_options: Any = None,
 ) -> RepairResult:
     """Find the fewest actions that bring the quantized model within `max_drop` points of the float model on `metric`.
 
@@ -53,7 +55,10 @@ def repair(
         scheme: the scheme to repair (an ort-* scheme for an .onnx model); or give `quantized`, a model made elsewhere
             (.tflite, or .onnx for an ONNX model; its scheme is read from the file).
         max_drop: allowed drop in points (1.0 = one percentage point) of `metric` against the float model.
-        metric: "agreement" (top-1 agreement with float), "top1" or "topk" (accuracy on labels).
+        metric: a budget metric of the task (None: its headline): "agreement" (top-1 agreement with float), "top1"
+            or "topk" (accuracy on labels) for a classifier; "f1", "recall", "precision" for a detector; "miou",
+            "pixel_agreement" for a segmenter; "fidelity" for a regressor (see `repair.evaluate.METRICS`).
+        task, task_options: how the outputs are judged, as for `diagnose` ("auto" decides from the outputs).
         out: folder for repaired.tflite (repaired.onnx), recipe.json and repair.json (written atomically).
         rank_size: samples of the evaluation set the search ranks candidates on.
         search: a `repair.search.SearchConfig` (its max_drop is replaced by `max_drop`).
@@ -85,7 +90,7 @@ def repair(
                 calib_count=calib_count, max_samples=max_samples)
     source, runtime, given, scheme, eval_ds, builder = p.source, p.runtime, p.given, p.scheme, p.eval_ds, p.builder
     evaluator = Evaluator(builder.float_model, eval_ds, metric, batch_size=batch_size, top_k=top_k, rank_size=rank_size,
-                          runtime=runtime)
+                          runtime=runtime, task=task, task_options=task_options)
     diagnose_fn = _diagnoser(builder.float_model, eval_ds, evaluator, batch_size, RUNTIMES.get(runtime).suffix)
     cfg = replace(search or SearchConfig(), max_drop=max_drop)
 
@@ -248,22 +253,24 @@ def write_repair(result: RepairResult, recipe: Any, out: Path, model_file: str =
 
 def _dataset(data: Any, source: Any, keras_model: Any, preprocess: str, resize: str):
     from quantdoctor.data import Dataset, load_dataset
+    from quantdoctor.data.multi import MultiDataset
+    from quantdoctor.diagnose.outputs import input_specs
 
-    if isinstance(data, Dataset):
+    if isinstance(data, (Dataset, MultiDataset)):
         return data
     if keras_model is not None:
         from quantdoctor.backends.keras.loader import keras_input_shape
 
-        shape = keras_input_shape(keras_model)  # refuses several inputs in one line
+        shape = keras_input_shape(keras_model)  # InputSpecs for several inputs
     elif source.kind == "onnx":
         from quantdoctor.backends.onnx.runner import OnnxRunner, read_onnx
 
-        shape = OnnxRunner(read_onnx(source.path), 1).inputs()[0].shape
+        shape = input_specs(OnnxRunner(read_onnx(source.path), 1).inputs())
     else:
         from quantdoctor.backends.tflite.runner import TfliteRunner
         from quantdoctor.quantize.converter import convert
 
-        shape = TfliteRunner(convert(source, None), 1).inputs()[0].shape
+        shape = input_specs(TfliteRunner(convert(source, None), 1).inputs())
     return load_dataset(data, shape, preprocess=preprocess, resize=resize)
 
 
@@ -294,7 +301,8 @@ def _diagnoser(float_model: bytes, eval_ds: Any, evaluator: Any, batch_size: int
         Path(q_path).write_bytes(model)
         subset = eval_ds.subset(np.arange(min(evaluator.rank_size, len(eval_ds))))
         evaluator.count += 1
-        d = diagnose(float_path, subset, quantized=q_path, batch_size=batch_size)
+        d = diagnose(float_path, subset, quantized=q_path, batch_size=batch_size, task=evaluator.task.name,
+                     task_options=evaluator.task_options)
         run.splices += 0 if d.verification is None else d.verification.evaluations  # type: ignore[attr-defined]
         return d
 

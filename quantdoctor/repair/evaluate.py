@@ -126,14 +126,14 @@ class Evaluator:
     Args:
         float_model: the float model reference (.tflite or, with runtime "onnx", .onnx bytes).
         dataset: the evaluation set (a `quantdoctor.data.Dataset`).
-        metric: a budget metric of the task (see `METRICS` and the task's `budget_metrics`).
+        metric: a budget metric of the task (see `METRICS` and the task's `budget_metrics`); None = its headline.
         rank_size: samples in the ranking subset (the first ones of the evaluation set).
         runtime: a name in `backends.runtimes.RUNTIMES`.
         task: a name in `quantdoctor.tasks.TASKS`, or "auto" (decided from the outputs).
         task_options: a `quantdoctor.tasks.base.TaskOptions`; None = the defaults with `top_k`.
     """
 
-    def __init__(self, float_model: bytes, dataset, metric: str = "agreement", *, batch_size: int = 16,
+    def __init__(self, float_model: bytes, dataset, metric: str | None = None, *, batch_size: int = 16,
                  top_k: int = 3, rank_size: int = 32, runtime: str = "tflite", task: str = "auto",
                  task_options: TaskOptions | None = None) -> None:
         from quantdoctor.tasks import resolve_task
@@ -145,6 +145,7 @@ class Evaluator:
         runner = runner_for(runtime, float_model, batch_size)
         self.outputs = list(runner.outputs)
         self.task = resolve_task(task, self.outputs, self.task_options)
+        metric = metric or self.task.headline
         if metric not in self.task.budget_metrics:
             choices = ", ".join(self.task.budget_metrics) or "none (a user metric in the Python API)"
             raise UserInputError(f"--metric {metric} does not apply to task '{self.task.name}'; choose one of: {choices}")

@@ -140,6 +140,11 @@ def _mixed_ranges(e: dict[str, Any], where: str) -> str:
         text += f"; it had {fmt_db(before)} dB before {e['op']}"
     if e.get("requantize_op", -1) >= 0:
         text += f", and the QUANTIZE op {e['requantize_op']} in front of {e['op']} moves it onto the shared scale"
+    upstream = list(zip(e.get("crushed_upstream", ()), e.get("crushed_upstream_levels", ())))
+    if upstream:
+        names = ", ".join(f"{name} ({fmt_num(steps)} steps)" for name, steps in upstream)
+        text += (f". The converter gave the same scale to {names} upstream, whose own "
+                 f"{'range spans' if len(upstream) == 1 else 'ranges span'} only that many steps of it")
     return text + "."
 
 
@@ -174,7 +179,9 @@ def finding_sentence(finding, diagnosis=None) -> str:
     where = _names(finding.layers) if finding.layers else ""
     text = build(finding.evidence, where)
     score = finding.score
-    if isinstance(score, float) and not math.isnan(score) and finding.mechanism not in ("output_margins", "accumulated_drift"):
+    if finding.mechanism == "mixed_ranges" and isinstance(score, float) and not math.isnan(score):
+        text += f" Score {_pct(score)}: the larger of its share of the output error and the small part's lost signal."
+    elif isinstance(score, float) and not math.isnan(score) and finding.mechanism not in ("output_margins", "accumulated_drift"):
         text += f" It builds up about {_pct(score)} of the output error."
     if finding.evidence.get("explained_by"):
         text += f" A symptom of the mixed ranges at {finding.evidence['explained_by']}."
