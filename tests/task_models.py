@@ -16,7 +16,7 @@ Use them from a test module (or a folder's conftest.py) with `from tests.task_mo
   `two_input_torch` with inputs `image` (N, 1, 16, 16) and `features`, and two_input_onnx.npz keyed by those.
 - `multi_head_files`: multi_head.keras (`multi_head_model`, ~12 s; box/landmark error ~2 px, weak class head ~0.3),
   multi_head.npz: `x` (N, 48, 48, 1), `labels`, `boxes`, `landmarks`; multi_head.onnx from the untrained
-  `multi_head_torch` (outputs class_logits, box, landmarks) with multi_head_onnx.npz: `image` (N, 1, 48, 48).
+  `multi_head_torch` (outputs class_logits, box, landmarks) with multi_head_onnx.npz: `x` (N, 1, 48, 48).
 """
 
 from __future__ import annotations
@@ -146,5 +146,5 @@ def multi_head_files(tmp_path_factory) -> TaskFiles:
     np.savez_compressed(folder / "multi_head.npz", x=images, labels=labels, boxes=boxes, landmarks=landmarks)
     nchw = images.transpose(0, 3, 1, 2)
     onnx = _export(multi_head_torch(0), nchw[:2], folder / "multi_head.onnx", ["image"], list(MULTI_HEAD_OUTPUTS))
-    np.savez_compressed(folder / "multi_head_onnx.npz", image=nchw)
+    np.savez_compressed(folder / "multi_head_onnx.npz", x=nchw)
     return TaskFiles(folder / "multi_head.keras", folder / "multi_head.npz", onnx, folder / "multi_head_onnx.npz")

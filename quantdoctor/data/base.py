@@ -30,7 +30,8 @@ def format_shape(shape: Sequence[int | None], batch: bool = False) -> str:
 
 
 def as_labels(y: object, count: int, where: str) -> np.ndarray:
-    """Integer class labels (int64, -1 = no label) from `y`, one per sample.
+    """Integer class labels (int64, -1 = no label) from `y`: one per sample, or one array per sample (a segmenter's
+    label masks, (N, H, W)); whether their shape fits the task is checked where the task is known.
 
     Raises:
         DataError: if `y` is not one whole number per sample.
@@ -38,10 +39,8 @@ def as_labels(y: object, count: int, where: str) -> np.ndarray:
     labels = np.asarray(y)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
-    if labels.ndim != 1:
-        raise DataError(
-            f"{where}: y has shape {tuple(labels.shape)}; give one integer class index per sample, shape ({count},)"
-        )
+    if labels.ndim == 0:
+        raise DataError(f"{where}: y is a single number; give one integer class index per sample, shape ({count},)")
     if len(labels) != count:
         raise DataError(
             f"{where}: y has {len(labels)} labels but x has {count} samples; give one label per sample (-1 for none)"

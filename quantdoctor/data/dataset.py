@@ -126,6 +126,11 @@ class Dataset:
         labels = self.labels
         if labels is None:
             return
+        if labels.ndim != 1:
+            raise DataError(
+                f"y has shape {tuple(labels.shape)}; give one integer class index per sample, shape ({len(labels)},) "
+                "(label masks of shape (N, H, W) are for --task segment)"
+            )
         bad = np.flatnonzero((labels < -1) | (labels >= num_classes))
         if bad.size:
             first = int(bad[0])

@@ -51,6 +51,31 @@ class MultiDataset:
         return self.specs
 
     @property
+    def names(self) -> tuple[str, ...]:
+        """The inputs' names without converter decorations, in this dataset's order."""
+        return tuple(short_input_name(n) for n in self.specs.names)
+
+    def ordered_as(self, names: Sequence[str]) -> MultiDataset:
+        """The same samples with the inputs in the order of `names` (a runtime's input names, e.g. LiteRT's
+        `serving_default_features:0`, which sorts the signature's inputs by name).
+
+        Raises:
+            DataError: a name matches none of this dataset's inputs.
+        """
+        mine = self.names
+        order = []
+        for name in names:
+            short = short_input_name(name)
+            if short not in mine:
+                raise DataError(f"the model's input '{short}' is not among the data's inputs ({', '.join(mine)}); "
+                                "key the arrays by the model's input names")
+            order.append(mine.index(short))
+        if order == list(range(len(mine))):
+            return self
+        specs = InputSpecs(tuple(self.specs.names[i] for i in order), tuple(self.specs.shapes[i] for i in order))
+        return MultiDataset([self.parts[i] for i in order], specs, self._labels, self._description)
+
+    @property
     def preprocess(self) -> str:
         return self.parts[0].preprocess
 

@@ -25,6 +25,15 @@ def input_specs(inputs: Sequence[TensorSpec]):
     return InputSpecs(tuple(i.name for i in inputs), tuple(tuple(i.shape) for i in inputs))
 
 
+def in_input_order(dataset, runner):
+    """A dataset of several inputs reordered to the runner's inputs (matched by name); any other dataset as it is."""
+    from quantdoctor.data.multi import MultiDataset
+
+    if isinstance(dataset, MultiDataset):
+        return dataset.ordered_as([i.name for i in runner.inputs()])
+    return dataset
+
+
 def class_output(outputs: Sequence[TensorSpec], options: Any) -> int:
     """Which output holds the class scores: `options.class_output`, else the first vector of ≥ 2 entries."""
     if options is not None and options.class_output is not None:

@@ -70,7 +70,7 @@ class _Run:
 
     def diagnose(self, model_path: Path | Any, data) -> Diagnosis:
         from quantdoctor.backends.keras.loader import ModelSource, keras_input_shape, resolve_source
-        from quantdoctor.diagnose.outputs import input_specs
+        from quantdoctor.diagnose.outputs import in_input_order, input_specs
         from quantdoctor.tasks.classify import classification_metrics
         from quantdoctor.backends.runtimes import RUNTIMES
         from quantdoctor.matching.match import match_graphs
@@ -100,6 +100,7 @@ class _Run:
             else:
                 quant_bytes = self._quantize(source, keras_model, calib_ds, float_runner.model)
         quant_runner = runtime.runner(quant_bytes, cfg.batch_size)
+        eval_ds = in_input_order(eval_ds, float_runner)
         float_bytes, quant_bytes = float_runner.model, quant_runner.model  # what every index refers to
         self._check_compatible(float_runner, quant_runner)
         provenance = None

@@ -210,9 +210,11 @@ def calibration_from(dataset) -> Calibration | None:
     if dataset is None:
         return None
 
+    names = getattr(dataset, "names", None)  # a MultiDataset: by input name, whatever order the converter uses
+
     def calibration():
         for x, _ in dataset.batches(1):
-            yield x
+            yield dict(zip(names, x)) if names else x
 
     return calibration
 
@@ -251,8 +253,8 @@ def representative_dataset(
     """Turn a calibration callable into the converter's representative dataset of single-sample float32 batches.
 
     Args:
-        calibration: returns an iterable of batches; a batch is one array (N, ...) or a list of arrays for
-            several inputs.
+        calibration: returns an iterable of batches; a batch is one array (N, ...), a list of arrays for several
+            inputs (in the model's input order), or a dict of arrays by input name.
         expected: the model's input shapes with the batch dimension first, to check samples against, if known.
 
     Raises (while the converter iterates):
@@ -263,6 +265,12 @@ def representative_dataset(
     def samples() -> Iterator[list[np.ndarray]]:
         count = 0
         for batch in calibration():
+            if isinstance(batch, dict):  # by input name: the converter orders them by the model's signature
+                named = {k: np.asarray(a, dtype=np.float32) for k, a in batch.items()}
+                for index in range(len(next(iter(named.values())))):
+                    count += 1
+                    yield {k: a[index : index + 1] for k, a in named.items()}
+                continue
             arrays = [np.asarray(a, dtype=np.float32) for a in (batch if isinstance(batch, (list, tuple)) else [batch])]
             for index in range(len(arrays[0])):
                 sample = [a[index : index + 1] for a in arrays]

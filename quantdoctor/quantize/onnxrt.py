@@ -111,7 +111,7 @@ def ort_scheme_table_markdown() -> str:
 class _Batches:
     """A `CalibrationDataReader` over calibration batches, split into chunks the model's fixed batch dim accepts.
 
-    A batch is one array, or one array per model input (in `input_names` order). ORT accepts any object with `get_next`
+    A batch is one array, one array per model input (in `input_names` order), or a dict of arrays by input name. ORT accepts any object with `get_next`
     as a reader (`CalibrationDataReader.__subclasshook__`), so this needs no onnxruntime import.
     """
 
@@ -125,6 +125,12 @@ class _Batches:
 
     def _feeds(self):
         for batch in self._make():
+            if isinstance(batch, dict):  # by input name
+                missing = [n for n in self._names if n not in batch]
+                if missing:
+                    raise UserInputError(f"the calibration data has no input '{missing[0]}' (it has: "
+                                         f"{', '.join(batch)}); key the arrays by the model's input names")
+                batch = [batch[n] for n in self._names]
             arrays = [np.asarray(b, dtype=np.float32) for b in (batch if isinstance(batch, (tuple, list)) else (batch,))]
             if len(arrays) != len(self._names):
                 raise UserInputError(f"a calibration batch holds {len(arrays)} array(s); the model has "

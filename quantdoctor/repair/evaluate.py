@@ -78,6 +78,10 @@ class _Interp:
         self.outputs = [TensorSpec(d["name"], tuple(int(s) for s in d["shape"][1:]), np.dtype(d["dtype"]).name)
                         for d in self.outs]
 
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec(d["name"], tuple(int(s) for s in d["shape"][1:]), np.dtype(d["dtype"]).name)
+                for d in self.ins]
+
     def run(self, x: Batch) -> list[np.ndarray]:
         from quantdoctor.backends.tflite.extract import to_tensor_dtype
 
@@ -110,6 +114,7 @@ class _Whole:
 
         self.runner = RUNTIMES.get(runtime).runner(model, batch_size)
         self.outputs = self.runner.outputs()
+        self.inputs = self.runner.inputs
 
     def run(self, x: Batch) -> list[np.ndarray]:
         return [np.asarray(v, np.float32) for v in self.runner.run_all(x)]
@@ -140,9 +145,12 @@ class Evaluator:
 
         if len(dataset) == 0:
             raise DataError("no samples to evaluate on; give more data or a smaller --calib-count")
-        self.dataset, self.batch_size, self.top_k, self.runtime = dataset, batch_size, top_k, runtime
+        from quantdoctor.diagnose.outputs import in_input_order
+
+        self.batch_size, self.top_k, self.runtime = batch_size, top_k, runtime
         self.task_options = task_options or TaskOptions(top_k=top_k)
         runner = runner_for(runtime, float_model, batch_size)
+        self.dataset = dataset = in_input_order(dataset, runner)
         self.outputs = list(runner.outputs)
         self.task = resolve_task(task, self.outputs, self.task_options)
         metric = metric or self.task.headline

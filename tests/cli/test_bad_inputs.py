@@ -157,7 +157,7 @@ CASES = [
     ("quantized-not-tflite", [*D, "--quantized", "{d}/rand.tflite"], "not a TFLite"),
     ("quantized-other-model", [*D, "--quantized", "{d}/other_q.tflite"], "does not come from this float model"),
     ("quantized-other-shape", ["diagnose", "{d}/two.keras", "--data", "{d}/two.npz", "--quantized", "{d}/tiny_q.tflite"],
-     "2 inputs"),
+     "does not fit the float model"),
     ("quantized-other-runtime", [*D, "--quantized", "{d}/rand.onnx"], "rand.onnx"),
     # data files of every format
     ("data-missing", [*D[:3], "{d}/nope.npz", "--scheme", "dynamic"], "does not exist"),
@@ -249,13 +249,21 @@ CASES = [
      "scheme"),
     ("recipe-other-model", ["apply", "{d}/recipe_other.json", "{d}/tiny.keras", "--out", "{d}/outdir/r.tflite"],
      "not the float model this recipe was made from"),
-    # models quantdoctor does not measure yet
-    ("two-inputs-diagnose", ["diagnose", "{d}/two.keras", "--data", "{d}/two.npz", "--scheme", "dynamic"], "2 inputs"),
-    ("two-inputs-repair", ["repair", "{d}/two.keras", "--data", "{d}/two.npz", "--scheme", "dynamic"], "2 inputs"),
-    ("not-a-classifier-diagnose", ["diagnose", "{d}/seg.keras", "--data", "{d}/seg.npz", "--scheme", "dynamic"],
-     "classifiers"),
-    ("not-a-classifier-repair", ["repair", "{d}/seg.keras", "--data", "{d}/seg.npz", "--scheme", "dynamic"],
-     "classifiers"),
+    # models of several inputs or other tasks, given data or options that do not fit them
+    ("two-inputs-diagnose", ["diagnose", "{d}/two.keras", "--data", "{d}/seg.npz", "--scheme", "dynamic"],
+     "no array for input 'a'"),
+    ("two-inputs-repair", ["repair", "{d}/two.keras", "--data", "{d}/seg.npz", "--scheme", "dynamic"],
+     "no array for input 'a'"),
+    ("two-inputs-image-folder", ["diagnose", "{d}/two.keras", "--data", "{d}", "--scheme", "dynamic"],
+     "one array per input"),
+    ("not-a-classifier-diagnose", ["diagnose", "{d}/seg.keras", "--data", "{d}/seg.npz", "--scheme", "dynamic",
+                                   "--task", "classify"], "class"),
+    ("not-a-classifier-repair", ["repair", "{d}/seg.keras", "--data", "{d}/seg.npz", "--scheme", "dynamic",
+                                 "--task", "detect"], "needs a raw head"),
+    ("metric-of-another-task", ["repair", "{d}/seg.keras", "--data", "{d}/seg.npz", "--scheme", "dynamic",
+                                "--metric", "f1"], "does not apply to task 'segment'"),
+    ("box-slice-not-a-range", ["diagnose", "{d}/seg.keras", "--data", "{d}/seg.npz", "--scheme", "dynamic",
+                               "--task", "detect", "--box-slice", "4"], "START:STOP"),
 ]
 
 
@@ -292,7 +300,8 @@ def _cli(*argv: str, **kw) -> subprocess.Popen:
 def test_nothing_is_printed_before_the_error_line(files, case):
     """In a real process TensorFlow's C++ start-up lines would land on stderr before the error; they must not."""
     argv = {
-        "after-tensorflow-loads": ["diagnose", f"{files}/seg.keras", "--data", f"{files}/seg.npz", "--scheme", "dynamic"],
+        "after-tensorflow-loads": ["diagnose", f"{files}/seg.keras", "--data", f"{files}/seg.npz", "--scheme", "dynamic",
+                                   "--task", "classify"],
         "bad-command-line": ["diagnose", f"{files}/tiny.keras", "--data", f"{files}/data.npz", "--scheme", "dynamic",
                              "--quantized", f"{files}/tiny_q.tflite"],
     }[case]

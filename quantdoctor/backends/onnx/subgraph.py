@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from quantdoctor.backends.base import Graph, QuantParams
+from quantdoctor.backends.base import Graph, QuantParams, as_inputs
 from quantdoctor.backends.splice import OpRunnerBase, SpliceBase
 from quantdoctor.errors import DataError, UserInputError
 
@@ -265,9 +265,9 @@ class Splice(SpliceBase):
     def _op_inputs(self, op: int) -> tuple[int, ...]:
         return plan(self._data, [op]).inputs
 
-    def run(self, x: np.ndarray, compute) -> list[np.ndarray]:
-        return in_chunks(lambda xs: super(Splice, self).run(xs[0], compute), [np.asarray(x, dtype=np.float32)],
-                         self.batch)
+    def run(self, x, compute) -> list[np.ndarray]:
+        arrays = [np.asarray(a, dtype=np.float32) for a in as_inputs(x)]
+        return in_chunks(lambda xs: super(Splice, self).run(tuple(xs), compute), arrays, self.batch)
 
     def _on_grid(self, t: int, value: np.ndarray) -> np.ndarray:
         info = self.graph.tensors[t]
