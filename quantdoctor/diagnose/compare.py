@@ -262,7 +262,18 @@ def compare(
 
 
 def compare_diagnoses(a: Diagnosis, b: Diagnosis, name_a: str = "A", name_b: str = "B") -> Comparison:
-    """The comparison of two finished diagnoses (no model is run)."""
+    """The comparison of two finished diagnoses (no model is run).
+
+    Raises:
+        UserInputError: a diagnosis of a model that is not a classifier (the comparison reads top-1 agreement).
+    """
+    from quantdoctor.errors import UserInputError
+
+    for name, d in ((name_a, a), (name_b, b)):
+        if d.model is None:
+            task = d.task.task if d.task is not None else "another task"
+            raise UserInputError(f"compare measures classifiers; {name} was judged as '{task}': diagnose each model "
+                                 "on its own with `quantdoctor diagnose --task ...`")
     from quantdoctor.diagnose.explain_gap import explain
 
     metrics = tuple(MetricPair(n, getattr(a.model, n), getattr(b.model, n)) for n in METRICS)
