@@ -120,3 +120,17 @@ def test_onet_exports_three_named_outputs_with_layer_labels(onet):
     weighted = [labels[n.output[0]] for n in onnx.load_from_string(model_bytes).graph.node
                 if n.op_type in ("Conv", "Gemm")]
     assert weighted == ["conv1", "conv2", "conv3", "conv4", "dense5", "dense6_1", "dense6_2", "dense6_3"]
+
+
+def test_onet_is_diagnosed_with_every_output_measured(onet, tmp_path):
+    """MTCNN's ONet end to end on ONNX Runtime: the face probability judged as the class output, the box regression
+    and the landmarks measured on their own."""
+    from quantdoctor.diagnose.pipeline import diagnose
+
+    data = tmp_path / "crops.npz"
+    np.savez(data, x=_crops(96, seed=2))
+    d = diagnose(onet, data, scheme="ort-qdq-int8", calib_count=32, max_samples=48, verify=False)
+    assert d.task.task == "classify" and d.model is not None and d.model.num_samples == 48
+    assert [o.shape for o in d.task.outputs] == [(2,), (4,), (10,)]
+    assert all(np.isfinite(o.sqnr_db) and o.sqnr_db > 5 for o in d.task.outputs)
+    assert {o.role for o in d.task.outputs[1:]} != {"class scores"}
