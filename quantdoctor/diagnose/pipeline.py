@@ -319,47 +319,26 @@ class _Run:
         return labeler.label_all(tensors, fg.outputs)
 
     def _passes(self, eval_ds, float_runner, quant_runner, matching, task, options, probes=None):
-        from quantdoctor.diagnose.outputs import class_output, output_pairs, output_scales, with_example_input
-        from quantdoctor.stats.accumulators import ErrorAccumulator
-        from quantdoctor.stats.margins import MarginAccumulator
-        from quantdoctor.tasks import build_accumulator
+        from quantdoctor.diagnose.outputs import with_example_input
+        from quantdoctor.diagnose.passes import Passes
 
-        f_ids = [p.float_index for p in matching.pairs]
-        if probes is not None:
-            f_ids += sorted(probes.float_ids - set(f_ids))
-        matched = [p.float_index for p in matching.pairs]
-        q_ids = [p.quant_index for p in matching.pairs]
-        f_outs, q_outs = output_pairs(float_runner.graph, quant_runner.graph)
-        outputs = float_runner.outputs()
-        accs = {f: ErrorAccumulator() for f in matched}
-        task_acc = build_accumulator(task, outputs, options, scales=output_scales(quant_runner.graph, q_outs))
-        margins, c = None, None
-        if task.name == "classify":
-            c = class_output(outputs, options)
-            if int(np.prod(outputs[c].shape)) > 1:
-                margins = MarginAccumulator(k=self.cfg.top_k)
+        passes = Passes(float_runner.graph, quant_runner.graph, float_runner.outputs(), matching, task, options,
+                        self.cfg.top_k)
+        f_ids = passes.float_ids(probes.float_ids if probes is not None else ())
+        q_ids = passes.quant_ids()
         labels = eval_ds.labels
         with self.prog.step("passes", "float + quantized passes", total=len(eval_ds)) as step:
             for x, idx in eval_ds.batches(self.cfg.batch_size):
                 # Views into the interpreters' buffers (no copies); dropped before the next batch runs.
-                fv = float_runner.capture(x, f_ids + f_outs, copy=False)
-                qv = quant_runner.capture(x, q_ids + q_outs, copy=False)
-                for f, q in zip(matched, q_ids):
-                    accs[f].update(fv[f], qv[q])
+                fv = float_runner.capture(x, f_ids, copy=False)
+                qv = quant_runner.capture(x, q_ids, copy=False)
+                passes.update(fv, qv, None if labels is None else labels[idx], len(idx))
                 if probes is not None:
                     probes.update(fv, qv)
-                y = None if labels is None else labels[idx]
-                task_acc.update([fv[t] for t in f_outs], [qv[t] for t in q_outs], y)
-                if margins is not None:
-                    n = len(idx)
-                    margins.update(fv[f_outs[c]].reshape(n, -1), qv[q_outs[c]].reshape(n, -1))
                 del fv, qv
                 step.advance(len(idx))
-        result = task_acc.result()
-        if result.num_samples == 0:
-            raise DataError("no samples left to evaluate; give more data or a smaller --calib-count")
-        result = with_example_input(result, eval_ds)
-        return {f: a.result() for f, a in accs.items()}, result, None if margins is None else margins.result()
+        errors, result, margins = passes.results()
+        return errors, with_example_input(result, eval_ds), margins
 
 
 def _repros(findings, diagnosis, probes, quant_bytes, runtime: str = "tflite") -> tuple:

@@ -1,0 +1,83 @@
+"""The streaming state of diagnose's float + quantized passes: every matched tensor's error, the task's metrics and
+(for a classifier) the output margins, folded in batch by batch.
+
+`Passes` follows the accumulator contract of `stats/accumulators.py` — `update` per batch, `merge` of two states built
+for the same models (shards of the data run apart, e.g. on Ray workers, give the same result as one stream), `results`
+at the end — so where the batches run is the caller's choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from quantdoctor.errors import DataError
+
+
+class Passes:
+    """Accumulators of one pass over (a shard of) the evaluation data.
+
+    Args:
+        float_graph, quant_graph: the two models' graphs (`backends/base.Graph`).
+        outputs: the float model's output specs.
+        matching: the float ↔ quantized tensor pairs.
+        task, options: the task judging the outputs (`quantdoctor.tasks`) and its options.
+        top_k: k of the margins.
+    """
+
+    def __init__(self, float_graph, quant_graph, outputs: Sequence[Any], matching, task, options, top_k: int) -> None:
+        from quantdoctor.diagnose.outputs import class_output, output_pairs, output_scales
+        from quantdoctor.stats.accumulators import ErrorAccumulator
+        from quantdoctor.stats.margins import MarginAccumulator
+        from quantdoctor.tasks import build_accumulator
+
+        self.matched = [p.float_index for p in matching.pairs]
+        self.q_ids = [p.quant_index for p in matching.pairs]
+        self.f_outs, self.q_outs = output_pairs(float_graph, quant_graph)
+        self.errors = {f: ErrorAccumulator() for f in self.matched}
+        self.task = build_accumulator(task, outputs, options, scales=output_scales(quant_graph, self.q_outs))
+        self.margins, self.class_output = None, None
+        if task.name == "classify":
+            self.class_output = class_output(outputs, options)
+            if int(np.prod(outputs[self.class_output].shape)) > 1:
+                self.margins = MarginAccumulator(k=top_k)
+
+    def float_ids(self, extra: Sequence[int] = ()) -> list[int]:
+        """Float tensors to capture each batch: the matched ones, `extra` (the probes'), then the outputs."""
+        ids = list(self.matched) + sorted(set(extra) - set(self.matched))
+        return ids + self.f_outs
+
+    def quant_ids(self) -> list[int]:
+        return self.q_ids + self.q_outs
+
+    def update(self, fv: dict[int, np.ndarray], qv: dict[int, np.ndarray], labels: np.ndarray | None, n: int) -> None:
+        """Fold in one batch of `n` samples: fv/qv map float/quantized tensor indices to float32 values."""
+        for f, q in zip(self.matched, self.q_ids):
+            self.errors[f].update(fv[f], qv[q])
+        self.task.update([fv[t] for t in self.f_outs], [qv[t] for t in self.q_outs], labels)
+        if self.margins is not None:
+            c = self.class_output
+            self.margins.update(fv[self.f_outs[c]].reshape(n, -1), qv[self.q_outs[c]].reshape(n, -1))
+
+    def merge(self, other: Passes) -> Passes:
+        """A new state holding both streams (`self` and `other` unchanged)."""
+        merged = object.__new__(Passes)
+        merged.__dict__.update(self.__dict__)
+        merged.errors = {f: a.merge(other.errors[f]) for f, a in self.errors.items()}
+        merged.task = self.task.merge(other.task)
+        merged.margins = None if self.margins is None else self.margins.merge(other.margins)
+        return merged
+
+    def results(self):
+        """(error per matched float tensor, the task's result, the margins or None).
+
+        Raises:
+            DataError: no sample was seen.
+        """
+        result = self.task.result()
+        if result.num_samples == 0:
+            raise DataError("no samples left to evaluate; give more data or a smaller --calib-count")
+        margins = None if self.margins is None else self.margins.result()
+        return {f: a.result() for f, a in self.errors.items()}, result, margins
