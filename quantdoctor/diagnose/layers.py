@@ -30,11 +30,13 @@ def build_layers(
     labels: dict[int, LayerLabel],
     evidence: dict[int, Any] | None = None,
     weight_reports: dict[int, WeightReport] | None = None,
+    channel_errors: dict[int, Any] | None = None,
 ) -> tuple[LayerResult, ...]:
     """One LayerResult per matched pair, in the quantized graph's execution order (graph inputs first).
 
     `evidence` (float tensor → `probes.Evidence`) and `weight_reports` (quantized op index → WeightReport) add what
-    the explain probes measured. `output_error_share` = the op's noise added (increase of the noise-to-signal ratio from
+    the explain probes measured; `channel_errors` (float tensor → `ChannelError`) the per-channel error of tensors that
+    join parts. `output_error_share` = the op's noise added (increase of the noise-to-signal ratio from
     its worst input to its output) over the sum of all ops' positive noise added: an additive first-order split of the
     output's error among the ops that built it up. An op keeps at most its own (isolated) noise; the rest of what grows
     across it is amplified upstream error and goes to the nearest ops upstream that make error of their own.
@@ -91,6 +93,7 @@ def build_layers(
                 grid=ev.grid if ev else None,
                 grid_mode=ev.grid_mode if ev else None,
                 weight_report=None if producer is None else weight_reports.get(producer.index),
+                channel_error=(channel_errors or {}).get(f),
             )
         )
     return _with_shares(sorted(results, key=lambda r: r.position))

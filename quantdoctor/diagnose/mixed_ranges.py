@@ -90,13 +90,29 @@ def _shared_scale(l: LayerResult) -> float | None:
 
 
 def _input_parts(l: LayerResult, by_tensor: dict[str, LayerResult]) -> list[_Part]:
+    spans = _concat_channels(l, by_tensor)
     parts = []
     for name in dict.fromkeys(l.input_tensors):
         src = by_tensor.get(name)
         s = None if src is None else src.float_stats
         if s is not None and math.isfinite(s.min) and math.isfinite(s.max) and s.max > s.min:
-            parts.append(_Part(src.label, float(s.min), float(s.max), layer=src))
+            parts.append(_Part(src.label, float(s.min), float(s.max), layer=src, channels=spans.get(name)))
     return parts
+
+
+def _concat_channels(l: LayerResult, by_tensor: dict[str, LayerResult]) -> dict[str, tuple[int, int]]:
+    """Where each input of a concatenation along the last axis lands in its output's channels (so the output's
+    per-channel error measures each input's part); empty when the op is not such a concatenation."""
+    if l.op_type not in CONCAT_OPS or not l.shape or len(set(l.input_tensors)) != len(l.input_tensors):
+        return {}
+    srcs = [by_tensor.get(n) for n in l.input_tensors]
+    if any(s is None or len(s.shape) != len(l.shape) or s.shape[:-1] != l.shape[:-1] for s in srcs):
+        return {}
+    widths = [s.shape[-1] for s in srcs]
+    if sum(widths) != l.shape[-1]:
+        return {}
+    starts = np.cumsum([0, *widths])
+    return {n: (int(a), int(b)) for n, a, b in zip(l.input_tensors, starts[:-1], starts[1:])}
 
 
 def _channel_parts(l: LayerResult) -> list[_Part]:
@@ -149,7 +165,7 @@ def _judge(ctx: Context, l: LayerResult, parts: list[_Part], scale: float) -> Fi
         "op": l.label,
         "op_type": l.op_type,
         "parts": len(parts),
-        "grouped_by": "channels" if small.channels else "inputs",
+        "grouped_by": "inputs" if small.layer is not None else "channels",
         "wide_part": wide.name,
         "wide_min": wide.lo,
         "wide_max": wide.hi,

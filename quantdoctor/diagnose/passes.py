@@ -15,6 +15,8 @@ import numpy as np
 
 from quantdoctor.errors import DataError
 
+JOIN_OPS = frozenset({"CONCATENATION", "Concat"})
+
 
 class Passes:
     """Accumulators of one pass over (a shard of) the evaluation data.
@@ -33,8 +35,22 @@ class Passes:
         from quantdoctor.stats.margins import MarginAccumulator
         from quantdoctor.tasks import build_accumulator
 
+        from quantdoctor.matching.match import through_conversions
+        from quantdoctor.stats.channels import ChannelErrorAccumulator
+
         self.matched = [p.float_index for p in matching.pairs]
         self.q_ids = [p.quant_index for p in matching.pairs]
+        # Tensors that join parts: a concatenation's output and the graph outputs get per-channel errors, so the
+        # channel groups of a mixed tensor are measured (`diagnose/mixed_ranges.py`).
+        joins = set()
+        for f, q in zip(self.matched, self.q_ids):
+            t = quant_graph.tensors[through_conversions(quant_graph, q)]
+            producer = None if t.producer is None else quant_graph.op(t.producer)
+            if (producer is not None and producer.type in JOIN_OPS) or q in quant_graph.outputs \
+                    or f in float_graph.outputs:
+                if len(t.shape) >= 2 and t.shape[-1] > 1:
+                    joins.add(f)
+        self.channels = {f: ChannelErrorAccumulator() for f in sorted(joins)}
         self.f_outs, self.q_outs = output_pairs(float_graph, quant_graph)
         self.errors = {f: ErrorAccumulator() for f in self.matched}
         self.task = build_accumulator(task, outputs, options, scales=output_scales(quant_graph, self.q_outs))
@@ -56,6 +72,8 @@ class Passes:
         """Fold in one batch of `n` samples: fv/qv map float/quantized tensor indices to float32 values."""
         for f, q in zip(self.matched, self.q_ids):
             self.errors[f].update(fv[f], qv[q])
+            if f in self.channels:
+                self.channels[f].update(fv[f], qv[q])
         self.task.update([fv[t] for t in self.f_outs], [qv[t] for t in self.q_outs], labels)
         if self.margins is not None:
             c = self.class_output
@@ -66,9 +84,14 @@ class Passes:
         merged = object.__new__(Passes)
         merged.__dict__.update(self.__dict__)
         merged.errors = {f: a.merge(other.errors[f]) for f, a in self.errors.items()}
+        merged.channels = {f: a.merge(other.channels[f]) for f, a in self.channels.items()}
         merged.task = self.task.merge(other.task)
         merged.margins = None if self.margins is None else self.margins.merge(other.margins)
         return merged
+
+    def channel_results(self) -> dict[int, Any]:
+        """Per-channel error (`stats.channels.ChannelError`) of each tensor that joins parts."""
+        return {f: a.result() for f, a in self.channels.items() if a.num_channels}
 
     def results(self):
         """(error per matched float tensor, the task's result, the margins or None).

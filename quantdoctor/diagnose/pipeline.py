@@ -114,12 +114,13 @@ class _Run:
         matching = match_graphs(fg, qg)
         labels = self._labels(fg, keras_model, layer_infos, source)
         probes = self._probes(float_runner, quant_runner, matching) if cfg.explain else None
-        errors, task_result, margins = self._passes(eval_ds, float_runner, quant_runner, matching, task, options, probes)
+        errors, task_result, margins, channel_errors = self._passes(eval_ds, float_runner, quant_runner, matching, task,
+                                                                    options, probes)
         model_metrics = classification_metrics(task_result)  # None unless the task is classify
         weight_reports = self._weights(float_bytes, quant_bytes) if cfg.explain and runtime.weight_analysis else {}
 
         evidence = probes.results() if probes is not None else None
-        layers = build_layers(fg, qg, matching, errors, labels, evidence, weight_reports)
+        layers = build_layers(fg, qg, matching, errors, labels, evidence, weight_reports, channel_errors)
         keras_weighted = None if layer_infos is None else {l.name for l in layer_infos if l.has_weights}
         cov = coverage(layers, matching, fg, keras_weighted)
         onset = find_onset(layers, cfg.onset_drop_db, cfg.onset_below_db)
@@ -338,7 +339,7 @@ class _Run:
                 del fv, qv
                 step.advance(len(idx))
         errors, result, margins = passes.results()
-        return errors, with_example_input(result, eval_ds), margins
+        return errors, with_example_input(result, eval_ds), margins, passes.channel_results()
 
 
 def _repros(findings, diagnosis, probes, quant_bytes, runtime: str = "tflite") -> tuple:

@@ -14,6 +14,7 @@ from quantdoctor.diagnose.verification import FixCheck, Outcome, Verification
 from quantdoctor.matching.types import MatchMethod, Unmatched
 from quantdoctor.stats.accumulators import TensorError
 from quantdoctor.stats.activations import ActivationStats
+from quantdoctor.stats.channels import ChannelError
 from quantdoctor.stats.classification import ClassLoss, ModelMetrics
 from quantdoctor.stats.grid import GridCoverage
 from quantdoctor.stats.margins import OutputMargins
@@ -53,6 +54,9 @@ class LayerResult:
     grid_mode: str | None = None  # "static" (the tensor's scale) or "dynamic" (per sample, as hybrid kernels do)
     weight_report: WeightReport | None = None  # the op's weights as the converter quantized them
     output_error_share: float | None = None  # share of the output's noise built up at this op (see build_layers)
+    # Per-channel error of a tensor that joins parts (a concatenation's output, a graph output), so each channel
+    # group's SQNR is measured, not estimated (`stats/channels.py`); None for other tensors.
+    channel_error: ChannelError | None = None
 
     @property
     def label(self) -> str:
@@ -102,6 +106,7 @@ class LayerResult:
             "grid_mode": self.grid_mode,
             "weight_report": self.weight_report.to_dict() if self.weight_report else None,
             "output_error_share": _json_number(self.output_error_share),
+            "channel_error": self.channel_error.to_dict() if self.channel_error else None,
             "quant": self.quant.to_dict() if self.quant else None,
             "weights": self.weights.to_dict() if self.weights else None,
             "input_tensors": list(self.input_tensors),
