@@ -102,3 +102,17 @@ def test_every_output_of_a_three_headed_model_is_measured(multi_head_files, runt
     shapes = sorted(o.shape for o in d.task.outputs)
     assert shapes == [(4,), (10,), (10,)]
     assert all(np.isfinite(o.sqnr_db) for o in d.task.outputs)
+
+
+def test_a_user_metric_judges_the_outputs_through_the_api(segmenter_files):
+    from quantdoctor.tasks.base import TaskOptions
+
+    def foreground_agreement(float_outputs, quant_outputs):
+        f, q = np.argmax(float_outputs[0], -1), np.argmax(quant_outputs[0], -1)
+        fg = f > 0
+        return {"foreground_agreement": float((f[fg] == q[fg]).mean()) if fg.any() else 1.0}
+
+    d = diagnose(segmenter_files.keras, segmenter_files.data, scheme="int8", max_samples=32, explain=False,
+                 task="custom", task_options=TaskOptions(metric=foreground_agreement))
+    assert d.task.task == "custom" and d.task.headline == "foreground_agreement"
+    assert 0.0 < d.task.value <= 1.0 and d.task.num_samples == 32
