@@ -39,6 +39,9 @@ def _config(args: argparse.Namespace, **over):
         verify_samples=getattr(args, "verify_samples", 256),
         force=getattr(args, "force", False),
         cache=not getattr(args, "no_cache", False),
+        executor=getattr(args, "executor", "local"),
+        workers=getattr(args, "workers", None),
+        ray_address=getattr(args, "ray_address", None),
     )
     if hasattr(args, "task"):
         from quantdoctor.cli.task_options import task_options

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="diagnose a --quantized model even if its weights say it comes from another float model")
     add_data_options(d)
     add_explain_options(d)
+    add_executor_options(d)
     add_output_options(d)
     from quantdoctor.cli.model_options import add_model_options
     from quantdoctor.cli.task_options import add_task_options
@@ -83,6 +84,17 @@ def add_explain_options(p: argparse.ArgumentParser) -> None:
                    help="samples the counterfactuals are evaluated on (the first ones; default: 256)")
     p.add_argument("--verify-fixes", action="store_true",
                    help="also build the top findings' fixes with the real quantizer and measure them (diagnose only)")
+
+
+def add_executor_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", default="local", choices=("local", "ray"),
+                   help="where the passes and the counterfactuals run: local (this process, the default) or ray "
+                        "(the data split among Ray actors; pip install 'quantdoctor[ray]'); the results are the same")
+    p.add_argument("--workers", type=whole(1), default=None, metavar="N",
+                   help="Ray actors (default: one per CPU); only with --executor ray")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join a Ray cluster: auto (the one on this machine) or ray://host:port (default: start one "
+                        "with --workers CPUs, shut down at the end); image folders must be readable by its workers")
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:

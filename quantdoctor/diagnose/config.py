@@ -38,6 +38,10 @@ class DiagnoseConfig:
             "auto" to decide from the outputs.
         task_options: a `quantdoctor.tasks.base.TaskOptions` (class output, detection layout and slices, thresholds,
             a user metric); None = the defaults, with `top_k`.
+        executor: where the passes and the counterfactuals run (`quantdoctor.executors.EXECUTORS`): "local" (this
+            process) or "ray" (data-parallel on Ray actors, `diagnose/parallel.py`; same results).
+        workers: Ray actors (None: one per CPU of the cluster); only with executor "ray".
+        ray_address: the Ray cluster to join ("auto" or "ray://host:port"; None: start one); only with "ray".
     """
 
     scheme: str | None = None
@@ -59,6 +63,9 @@ class DiagnoseConfig:
     cache: bool = True
     task: str = "auto"
     task_options: Any = None
+    executor: str = "local"
+    workers: int | None = None
+    ray_address: str | None = None
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -82,6 +89,9 @@ class DiagnoseConfig:
             TASKS.get(self.task)  # the registry's message lists the tasks
         if self.resize not in ("crop", "stretch"):
             raise UserInputError(f"--resize must be 'crop' or 'stretch', got '{self.resize}'")
+        from quantdoctor.executors.base import check_options
+
+        check_options(self.executor, self.workers, self.ray_address)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -51,20 +51,25 @@ def diagnose(
     cfg = replace(base, **options) if options else base
     from quantdoctor.backends.keras.loader import ModelSource
     from quantdoctor.cache import use_cache
+    from quantdoctor.executors import make_executor
 
-    with Progress(progress) as prog, use_cache(cfg.cache):
+    # The executor is checked now (Ray installed?) and starts its workers at the passes; closed at the end.
+    with Progress(progress) as prog, use_cache(cfg.cache), make_executor(cfg.executor, cfg.workers, cfg.ray_address) as pool:
         if isinstance(float_model, ModelSource):
-            return _Run(cfg, prog).diagnose(float_model, data)
+            return _Run(cfg, prog, pool=pool).diagnose(float_model, data)
         if isinstance(float_model, (str, Path)):
-            return _Run(cfg, prog).diagnose(Path(float_model), data)
-        return _Run(cfg, prog, module=float_model).diagnose(Path(f"<{type(float_model).__name__}>"), data)
+            return _Run(cfg, prog, pool=pool).diagnose(Path(float_model), data)
+        return _Run(cfg, prog, module=float_model, pool=pool).diagnose(Path(f"<{type(float_model).__name__}>"), data)
 
 
 class _Run:
     """One diagnose run; the methods are its steps in order."""
 
-    def __init__(self, cfg: DiagnoseConfig, prog: Progress, module: Any = None) -> None:
+    def __init__(self, cfg: DiagnoseConfig, prog: Progress, module: Any = None, pool: Any = None) -> None:
+        from quantdoctor.executors.local import LocalExecutor
+
         self.cfg, self.prog = cfg, prog
+        self.pool = pool if pool is not None else LocalExecutor()  # where the passes and counterfactuals run
         self.module = module  # a torch.nn.Module given through the API
         self.module_labels: dict[str, str] = {}  # ONNX tensor name -> PyTorch module path (torch sources)
 
@@ -162,8 +167,13 @@ class _Run:
         n = min(cfg.verify_samples, len(eval_ds))
         with self.prog.step("verify", f"verifying causes on {n} samples"):
             task, options = self._task(float_runner, eval_ds, check=False)
-            cf = Counterfactuals(float_runner, quant_runner, matching, eval_ds, n,
-                                 batch_size=cfg.batch_size, top_k=cfg.top_k, task=task, task_options=options)
+            make = Counterfactuals
+            if self.pool.name != "local":  # each evaluation's batches split among the workers (diagnose/parallel.py)
+                from quantdoctor.diagnose.parallel import sharded_counterfactuals
+
+                make = sharded_counterfactuals(self.pool)
+            cf = make(float_runner, quant_runner, matching, eval_ds, n,
+                      batch_size=cfg.batch_size, top_k=cfg.top_k, task=task, task_options=options)
             labels = {l.position: (l.label, l.op_type) for l in diagnosis.layers}
             seeds = [f.positions for f in found[:4] if f.mechanism not in ("accumulated_drift", "float_ops")]
             verification = locate_causes(cf, proxy_order(diagnosis, found), labels, seeds=seeds)
@@ -323,6 +333,16 @@ class _Run:
         from quantdoctor.diagnose.outputs import with_example_input
         from quantdoctor.diagnose.passes import Passes
 
+        if self.pool.name != "local":  # data-parallel: shards of eval_ds on the workers (diagnose/parallel.py)
+            from quantdoctor.diagnose.parallel import sharded_passes
+
+            what = f"float + quantized passes on {self.pool.workers} workers"
+            with self.prog.step("passes", what, total=len(eval_ds)) as step:
+                passes = sharded_passes(self.pool, float_runner, quant_runner, eval_ds, matching, task, options,
+                                        self.cfg.top_k, self.cfg.batch_size, probes)
+                step.advance(len(eval_ds))
+            errors, result, margins = passes.results()
+            return errors, with_example_input(result, eval_ds), margins, passes.channel_results()
         passes = Passes(float_runner.graph, quant_runner.graph, float_runner.outputs(), matching, task, options,
                         self.cfg.top_k)
         f_ids = passes.float_ids(probes.float_ids if probes is not None else ())

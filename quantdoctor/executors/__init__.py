@@ -5,8 +5,8 @@ returns the results in the items' order, so what the caller decides from them do
 Ray is imported only when the "ray" executor is made.
 """
 
-from quantdoctor.executors.base import EXECUTORS, Executor, WorkerMethod, make_executor
+from quantdoctor.executors.base import EXECUTORS, Executor, WorkerMethod, check_options, make_executor
 from quantdoctor.executors.local import LocalExecutor
 from quantdoctor.executors.ray import RayExecutor
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "WorkerMethod", "make_executor"]
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "WorkerMethod", "check_options", "make_executor"]

@@ -34,7 +34,7 @@ class Profile:
     transfer: float = 0.0  # sending the factory arguments (Ray: ray.put)
     mapping: float = 0.0  # map() calls: the items' work and its results' way back
     items: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict)  # map time per worker method ("run", ...), "merge", ...
 
     def line(self) -> str:
         return (f"start-up {self.startup:.2f} s, transfer {self.transfer:.2f} s, "
@@ -62,6 +62,20 @@ class Executor(Protocol):
 
 EXECUTORS: Registry[Callable[..., Executor]] = Registry("executor")
 
+_WORKER_THREADS: int | None = None  # set in a worker process by its executor
+
+
+def worker_threads() -> int | None:
+    """Threads a runner made in this process should use: 1 in an executor's worker process (the workers share the
+    cores; LiteRT and ONNX Runtime would each start one thread per core), None (every core) elsewhere."""
+    return _WORKER_THREADS
+
+
+def mark_worker(threads: int = 1) -> None:
+    """Declare this process an executor's worker whose runners use `threads` threads (see `worker_threads`)."""
+    global _WORKER_THREADS
+    _WORKER_THREADS = threads
+
 
 def make_executor(name: str = "local", workers: int | None = None, address: str | None = None) -> Executor:
     """The executor `name` with checked options (before any heavy work: nothing starts until the first `map`).
@@ -75,9 +89,21 @@ def make_executor(name: str = "local", workers: int | None = None, address: str 
         UnknownNameError: an unknown executor.
         UserInputError: workers < 1, an address for an executor other than ray, or Ray not installed.
     """
-    factory = EXECUTORS.get(name)
+    check_options(name, workers, address)
+    return EXECUTORS.get(name)(workers=workers, address=address)
+
+
+def check_options(name: str, workers: int | None = None, address: str | None = None) -> None:
+    """Check executor options without starting (or importing) anything; the errors are those of `make_executor`.
+
+    Raises:
+        UnknownNameError: an unknown executor.
+        UserInputError: workers < 1, several workers or an address for the local executor.
+    """
+    EXECUTORS.get(name)
     if workers is not None and workers < 1:
         raise UserInputError(f"--workers must be 1 or more, got {workers}")
     if address is not None and name != "ray":
         raise UserInputError(f"--ray-address needs --executor ray (the executor is '{name}')")
-    return factory(workers=workers, address=address)
+    if name == "local" and workers is not None and workers != 1:
+        raise UserInputError(f"--workers {workers} needs --executor ray (the local executor runs one item at a time)")

@@ -37,10 +37,13 @@ class LocalExecutor:
                 start = time.perf_counter()
                 self._objects[id(fn)] = (fn, fn.factory(*fn.args))
                 self.profile.startup += time.perf_counter() - start
-            fn = getattr(self._objects[id(fn)][1], fn.method)
+            key, fn = fn.method, getattr(self._objects[id(fn)][1], fn.method)
+        else:
+            key = "function"
         start = time.perf_counter()
         out = [fn(item) for item in items]
         self.profile.mapping += time.perf_counter() - start
+        self.profile.extra[key] = self.profile.extra.get(key, 0.0) + time.perf_counter() - start
         self.profile.items += len(items)
         return out
 

@@ -38,6 +38,9 @@ class _Worker:
     """The actor: the objects of the `WorkerMethod`s it serves (by key), made once each, and plain function calls."""
 
     def __init__(self) -> None:
+        from quantdoctor.executors.base import mark_worker
+
+        mark_worker(1)  # one CPU per actor: its runners use one thread (`runner_for`, diagnose's shard workers)
         self.objects: dict[int, Any] = {}
 
     def ready(self) -> int:
@@ -74,6 +77,7 @@ class RayExecutor:
         self.profile = Profile()
         self._actors: list[Any] = []
         self._made: dict[int, WorkerMethod] = {}  # the WorkerMethod is kept so its id stays unique
+        self._refs: dict[int, tuple[Any, Any]] = {}  # id(argument) -> (argument, its object ref): put once
 
     # -- cluster -------------------------------------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -120,7 +124,10 @@ class RayExecutor:
         ray = self._ray
         actors = self._start()
         start = time.perf_counter()
-        refs = [ray.put(a) for a in fn.args]  # once; every actor reads the same objects
+        for a in fn.args:  # once, even when several WorkerMethods share an argument; every actor reads the same object
+            if id(a) not in self._refs:
+                self._refs[id(a)] = (a, ray.put(a))
+        refs = [self._refs[id(a)][1] for a in fn.args]
         self.profile.transfer += time.perf_counter() - start
         start = time.perf_counter()
         ray.get([a.make.remote(id(fn), fn.factory, *refs) for a in actors])  # raises here when a factory fails
@@ -146,6 +153,8 @@ class RayExecutor:
         start = time.perf_counter()
         out = list(pool.map(submit, list(items)))
         self.profile.mapping += time.perf_counter() - start
+        name = fn.method if isinstance(fn, WorkerMethod) else "function"
+        self.profile.extra[name] = self.profile.extra.get(name, 0.0) + time.perf_counter() - start
         self.profile.items += len(items)
         return out
 
@@ -154,7 +163,7 @@ class RayExecutor:
         if ray.is_initialized():
             for actor in self._actors:
                 ray.kill(actor)
-        self._actors, self._made = [], {}
+        self._actors, self._made, self._refs = [], {}, {}
         if self.started and ray.is_initialized():
             ray.shutdown()
         self.started = False

@@ -61,12 +61,13 @@ class Evaluation:
 
 
 class _Interp:
-    """A lean LiteRT interpreter for whole-model passes (no intermediate tensors kept)."""
+    """A lean LiteRT interpreter for whole-model passes (no intermediate tensors kept); `num_threads` None = every
+    core (give 1 inside a worker that shares the cores with others)."""
 
-    def __init__(self, model: bytes, batch_size: int) -> None:
+    def __init__(self, model: bytes, batch_size: int, num_threads: int | None = None) -> None:
         from quantdoctor.backends.tflite.loader import load_interpreter
 
-        self.interp = load_interpreter(model, what="the candidate model")
+        self.interp = load_interpreter(model, num_threads=num_threads, what="the candidate model")
         for detail in self.interp.get_input_details():
             shape = list(detail["shape"])
             shape[0] = batch_size
@@ -109,10 +110,15 @@ class _Interp:
 class _Whole:
     """A runtime's runner (`RUNTIMES`) for whole-model passes: every output."""
 
-    def __init__(self, runtime: str, model: bytes, batch_size: int) -> None:
+    def __init__(self, runtime: str, model: bytes, batch_size: int, num_threads: int | None = None) -> None:
         from quantdoctor.backends.runtimes import RUNTIMES
 
-        self.runner = RUNTIMES.get(runtime).runner(model, batch_size)
+        if num_threads is None:
+            self.runner = RUNTIMES.get(runtime).runner(model, batch_size)
+        else:  # the registry's runner takes no thread count; the runner class does
+            from quantdoctor.backends.onnx.runner import OnnxRunner  # the one runtime besides LiteRT
+
+            self.runner = OnnxRunner(model, batch_size, num_threads=num_threads)
         self.outputs = self.runner.outputs()
         self.inputs = self.runner.inputs
 
@@ -120,9 +126,19 @@ class _Whole:
         return [np.asarray(v, np.float32) for v in self.runner.run_all(x)]
 
 
-def runner_for(runtime: str, model: bytes, batch_size: int):
-    """What runs a whole candidate model: the lean LiteRT interpreter for TFLite, else the runtime's runner."""
-    return _Interp(model, batch_size) if runtime == "tflite" else _Whole(runtime, model, batch_size)
+def runner_for(runtime: str, model: bytes, batch_size: int, num_threads: int | None = None):
+    """What runs a whole candidate model: the lean LiteRT interpreter for TFLite, else the runtime's runner.
+
+    Args:
+        num_threads: kernel threads (LiteRT) or intra-op threads (ONNX Runtime); None = one inside an executor's
+            worker (`executors.base.worker_threads`: workers share the cores), else every core.
+    """
+    from quantdoctor.executors.base import worker_threads
+
+    num_threads = num_threads if num_threads is not None else worker_threads()
+    if runtime == "tflite":
+        return _Interp(model, batch_size, num_threads)
+    return _Whole(runtime, model, batch_size, num_threads)
 
 
 class Evaluator:
