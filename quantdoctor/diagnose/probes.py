@@ -11,8 +11,10 @@ dynamic-range ops each sample quantized to int8 with its own parameters, as the 
 rounded to the output tensor's grid for integer ops. What is left between isolated and expected is what the kernel
 computes beyond what its parameters say: a large excess is a converter or kernel defect, not quantization noise.
 
-Both are measured on the first `explain_samples` evaluated samples (each op runs alone, twice): enough to estimate a
-tensor's SQNR to about a dB (a tensor holds thousands of values per sample), and it keeps the explain step's cost bounded on large data sets.
+Both are measured on the first `explain_samples` evaluated samples: enough to estimate a tensor's SQNR to about a dB (a
+tensor holds thousands of values per sample), and it keeps the explain step's cost bounded on large data sets. Each op
+runs alone, twice, but not in an interpreter of its own: the ops go side by side into a few interpreters
+(`IsolatedOps`, bounded by `GROUP_BYTES`), each built, run once per batch and dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from quantdoctor.stats.grid import GridCoverage, GridCoverageAccumulator, _dynam
 
 _INTEGER = ("int8", "uint8", "int16")
 _QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
+# Float32 bytes of the inputs and outputs one interpreter of side-by-side ops may hold: a few of them run the probes
+# of a model instead of two cuts per op, and the memory they hold stays bounded.
+GROUP_BYTES = 128 << 20
 
 
 @dataclass(frozen=True)
@@ -113,25 +118,34 @@ class Probes:
         take = min(self.explain_samples - self.seen, len(next(iter(fv.values()))) if fv else 0)
         if take > 0:
             for p in self.ops:
-                self._isolate(p, fv, take)
+                if not p.first_inputs:
+                    p.first_inputs = tuple(fv[t][:1].copy() for t in (p.kernel_inputs or p.q_inputs))
+            for p in self.ops:
+                if p.kernel_inputs:
+                    self._kernel_check(p, fv, take)
+            for group in _groups([p for p in self.ops if not p.kernel_inputs], fv, take):
+                self._isolate(group, fv, take)
             self.seen += take
 
-    def _isolate(self, p: _OpProbe, fv: dict[int, np.ndarray], n: int) -> None:
-        if not p.first_inputs:
-            p.first_inputs = tuple(fv[t][:1].copy() for t in (p.kernel_inputs or p.q_inputs))
+    def _kernel_check(self, p: _OpProbe, fv: dict[int, np.ndarray], n: int) -> None:
+        """The deployed (fused) kernel against the standard's reference on the same integers."""
         ref = fv[p.f_out][:n]
-        if p.kernel_inputs:  # the deployed (fused) kernel against the standard's reference on the same integers
-            args = [fv[t][:n] for t in p.kernel_inputs]
-            p.isolated.update(ref, self.kernels.run(p.q_op, args).reshape(ref.shape))
-            p.expected.update(ref, self.reference.run(p.q_op, args).reshape(ref.shape))
-            return
-        observed = _fake_quant(self.quant_ops.run(p.q_op, [fv[t][:n] for t in p.q_inputs]), p.observed_mode)
-        p.isolated.update(ref, observed.reshape(ref.shape))
-        if p.expected is None:
-            return
-        inputs = [_fake_quant(fv[t][:n], mode) for t, mode in zip(p.f_inputs, p.f_modes)]
-        simulated = _fake_quant(self.float_ops.run(p.f_op, inputs), p.out_mode)
-        p.expected.update(ref, simulated.reshape(ref.shape))
+        args = [fv[t][:n] for t in p.kernel_inputs]
+        p.isolated.update(ref, self.kernels.run(p.q_op, args).reshape(ref.shape))
+        p.expected.update(ref, self.reference.run(p.q_op, args).reshape(ref.shape))
+
+    def _isolate(self, group: list[_OpProbe], fv: dict[int, np.ndarray], n: int) -> None:
+        """Isolated and expected error of a group of ops: each side runs the whole group in one interpreter."""
+        observed = _run_each(self.quant_ops, {p.q_op: [fv[t][:n] for t in p.q_inputs] for p in group})
+        expect = [p for p in group if p.expected is not None]
+        simulated = _run_each(self.float_ops, {
+            p.f_op: [_fake_quant(fv[t][:n], mode) for t, mode in zip(p.f_inputs, p.f_modes)] for p in expect
+        })
+        for p in group:
+            ref = fv[p.f_out][:n]
+            p.isolated.update(ref, _fake_quant(observed[p.q_op][0], p.observed_mode).reshape(ref.shape))
+            if p.expected is not None:
+                p.expected.update(ref, _fake_quant(simulated[p.f_op][0], p.out_mode).reshape(ref.shape))
 
     def inputs_of(self, q_op: int) -> tuple[np.ndarray, ...]:
         """The first evaluated sample's float inputs of quantized op `q_op` (empty if it was not probed)."""
@@ -237,6 +251,31 @@ class Probes:
             if weights is not None and weights.actual.shape == tuple(f_w.shape):
                 out[f_op.index] = {f_w.index: weights.actual.astype(np.float32)}
         return out
+
+
+def _groups(probes: list[_OpProbe], fv: dict[int, np.ndarray], n: int) -> list[list[_OpProbe]]:
+    """Probes in execution order, cut into groups whose inputs and outputs stay under `GROUP_BYTES` at `n` samples
+    (a group's interpreter holds them all at once; each group is built, run and dropped in turn)."""
+    groups: list[list[_OpProbe]] = [[]]
+    size = 0
+    for p in sorted(probes, key=lambda p: p.q_op):
+        per_sample = sum(fv[t][:1].nbytes for t in (*p.q_inputs, *p.f_inputs, p.f_out))
+        if groups[-1] and size + per_sample * n > GROUP_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(p)
+        size += per_sample * n
+    return [g for g in groups if g]
+
+
+def _run_each(ops, calls: dict[int, list[np.ndarray]]) -> dict[int, list[np.ndarray]]:
+    """Each op's outputs on its inputs: all in one interpreter where the runtime can (`isolated`), else one by one."""
+    if not calls:
+        return {}
+    isolated = getattr(ops, "isolated", None)
+    if isolated is None:
+        return {op: ops.run_outputs(op, args) for op, args in calls.items()}
+    return isolated(list(calls)).run_each(calls)
 
 
 def _grid_tensor(qg: Graph, t: int):

@@ -172,80 +172,126 @@ def extract_ops(
     Raises:
         UserInputError: as `plan`, or the model stores tensors in external buffers.
     """
-    import copy
-
-    import flatbuffers
-
-    schema_fb = _schema()
     data = bytes(model)
-    m = _parse(data)
-    sg = m.subgraphs[0]
     io = plan(data, op_indices, outputs)
+    built = _Extract(data)
+    built.add(io, constants)
+    return built.finish(b"quantdoctor extract of ops " + ",".join(map(str, io.ops)).encode())
 
-    tensor_map: dict[int, int] = {}
-    buffer_map: dict[int, int] = {}  # the converter lets equal constants share one buffer; so does the extract
-    tensors: list[Any] = []
-    buffers: list[Any] = [schema_fb.BufferT()]  # buffer 0 is the empty buffer every data-less tensor points to
 
-    def keep_tensor(t: int) -> int:
-        if t < 0:
-            return t
-        if t not in tensor_map:
-            src = sg.tensors[t]
-            if getattr(src, "externalBuffer", 0):
-                raise UserInputError(f"tensor {t} lives in an external buffer; such models cannot be extracted yet")
-            new = copy.copy(src)
-            new.buffer = 0
-            if constants is not None and t in constants:
-                buffers.append(_AlignedBuffer(_constant_bytes(src, constants[t], t)))
-                new.buffer = len(buffers) - 1
-            elif _has_data(m, src):
-                if src.buffer not in buffer_map:
-                    buffers.append(_AlignedBuffer(_buffer_bytes(data, m.buffers[src.buffer])))
-                    buffer_map[src.buffer] = len(buffers) - 1
-                new.buffer = buffer_map[src.buffer]
-            tensor_map[t] = len(tensors)
-            tensors.append(new)
-        return tensor_map[t]
+def extract_isolated(
+    model: bytes, op_indices: Sequence[int], constants: dict[int, dict[int, np.ndarray]] | None = None
+) -> tuple[bytes, tuple[ExtractedIO, ...]]:
+    """One standalone .tflite in which each op of `op_indices` runs on its own, as `extract_op` would cut it.
 
-    for t in io.inputs:
-        keep_tensor(t)
-    codes: dict[int, int] = {}
-    operators = []
-    for i in io.ops:
-        src = sg.operators[i]
-        op = copy.copy(src)
-        op.opcodeIndex = codes.setdefault(src.opcodeIndex, len(codes))
-        op.inputs = [keep_tensor(int(t)) for t in (src.inputs if src.inputs is not None else ())]
-        op.outputs = [keep_tensor(int(t)) for t in (src.outputs if src.outputs is not None else ())]
-        if src.intermediates is not None:
-            op.intermediates = [keep_tensor(int(t)) for t in src.intermediates]
-        if src.largeCustomOptionsSize:
-            start = src.largeCustomOptionsOffset
-            op.customOptions = np.frombuffer(data[start : start + src.largeCustomOptionsSize], dtype=np.uint8)
-            op.largeCustomOptionsOffset = op.largeCustomOptionsSize = 0
-        op.debugMetadataIndex = -1
-        operators.append(op)
+    Every op gets its own copies of the activation tensors it reads and writes, so no op reads another's output: one
+    invoke computes what each one-op extract computes (same kernels, parameters and constants; equal constant buffers
+    are shared), in one interpreter instead of one per op. The extract's inputs and outputs are those of the first op,
+    then the second's, and so on.
 
-    sub = schema_fb.SubGraphT()
-    sub.tensors = tensors
-    sub.inputs = [tensor_map[t] for t in io.inputs]
-    sub.outputs = [tensor_map[t] for t in io.outputs]
-    sub.operators = operators
-    sub.name = b"extract"
-    sub.debugMetadataIndex = -1
+    Args:
+        constants: per op index, float32 constants to replace in that op (source tensor index → array).
 
-    out = schema_fb.ModelT()
-    out.version = m.version
-    out.description = b"quantdoctor extract of ops " + ",".join(map(str, io.ops)).encode()
-    out.operatorCodes = [copy.copy(m.operatorCodes[c]) for c, _ in sorted(codes.items(), key=lambda kv: kv[1])]
-    out.subgraphs = [sub]
-    out.buffers = buffers
-    out.signatureDefs = [_signature(schema_fb, sub)]
+    Returns:
+        The model bytes and each op's `ExtractedIO` (in `op_indices` order).
 
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(out.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    Raises:
+        UserInputError: as `extract_ops`.
+    """
+    data = bytes(model)
+    ios = tuple(plan(data, [op]) for op in op_indices)
+    built = _Extract(data)
+    for op, io in zip(op_indices, ios):
+        built.add(io, (constants or {}).get(op))
+    return built.finish(b"quantdoctor extract of ops " + ",".join(map(str, op_indices)).encode() + b", each alone"), ios
+
+
+class _Extract:
+    """A model being built from cuts of `data`: each `add` brings ops with tensors of their own, constants shared."""
+
+    def __init__(self, data: bytes) -> None:
+        self.schema = _schema()
+        self.data = data
+        self.m = _parse(data)
+        self.buffer_map: dict[int, int] = {}  # the converter lets equal constants share one buffer; so does the extract
+        self.tensors: list[Any] = []
+        self.buffers: list[Any] = [self.schema.BufferT()]  # buffer 0: the empty buffer data-less tensors point to
+        self.codes: dict[int, int] = {}
+        self.operators: list[Any] = []
+        self.inputs: list[int] = []
+        self.outputs: list[int] = []
+
+    def add(self, io: ExtractedIO, constants: dict[int, np.ndarray] | None) -> None:
+        import copy
+
+        m, sg, data = self.m, self.m.subgraphs[0], self.data
+        tensor_map: dict[int, int] = {}
+
+        def keep_tensor(t: int) -> int:
+            if t < 0:
+                return t
+            if t not in tensor_map:
+                src = sg.tensors[t]
+                if getattr(src, "externalBuffer", 0):
+                    raise UserInputError(f"tensor {t} lives in an external buffer; such models cannot be extracted yet")
+                new = copy.copy(src)
+                new.buffer = 0
+                if constants is not None and t in constants:
+                    self.buffers.append(_AlignedBuffer(_constant_bytes(src, constants[t], t)))
+                    new.buffer = len(self.buffers) - 1
+                elif _has_data(m, src):
+                    if src.buffer not in self.buffer_map:
+                        self.buffers.append(_AlignedBuffer(_buffer_bytes(data, m.buffers[src.buffer])))
+                        self.buffer_map[src.buffer] = len(self.buffers) - 1
+                    new.buffer = self.buffer_map[src.buffer]
+                tensor_map[t] = len(self.tensors)
+                self.tensors.append(new)
+            return tensor_map[t]
+
+        for t in io.inputs:
+            keep_tensor(t)
+        for i in io.ops:
+            src = sg.operators[i]
+            op = copy.copy(src)
+            op.opcodeIndex = self.codes.setdefault(src.opcodeIndex, len(self.codes))
+            op.inputs = [keep_tensor(int(t)) for t in (src.inputs if src.inputs is not None else ())]
+            op.outputs = [keep_tensor(int(t)) for t in (src.outputs if src.outputs is not None else ())]
+            if src.intermediates is not None:
+                op.intermediates = [keep_tensor(int(t)) for t in src.intermediates]
+            if src.largeCustomOptionsSize:
+                start = src.largeCustomOptionsOffset
+                op.customOptions = np.frombuffer(data[start : start + src.largeCustomOptionsSize], dtype=np.uint8)
+                op.largeCustomOptionsOffset = op.largeCustomOptionsSize = 0
+            op.debugMetadataIndex = -1
+            self.operators.append(op)
+        self.inputs += [tensor_map[t] for t in io.inputs]
+        self.outputs += [tensor_map[t] for t in io.outputs]
+
+    def finish(self, description: bytes) -> bytes:
+        import copy
+
+        import flatbuffers
+
+        schema_fb, m = self.schema, self.m
+        sub = schema_fb.SubGraphT()
+        sub.tensors = self.tensors
+        sub.inputs = self.inputs
+        sub.outputs = self.outputs
+        sub.operators = self.operators
+        sub.name = b"extract"
+        sub.debugMetadataIndex = -1
+
+        out = schema_fb.ModelT()
+        out.version = m.version
+        out.description = description
+        out.operatorCodes = [copy.copy(m.operatorCodes[c]) for c, _ in sorted(self.codes.items(), key=lambda kv: kv[1])]
+        out.subgraphs = [sub]
+        out.buffers = self.buffers
+        out.signatureDefs = [_signature(schema_fb, sub)]
+
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(out.Pack(builder), file_identifier=b"TFL3")
+        return bytes(builder.Output())
 
 
 def extract_op(model: bytes, op_index: int, constants: dict[int, np.ndarray] | None = None) -> bytes:

@@ -14,7 +14,7 @@ import numpy as np
 
 from quantdoctor.backends.base import Graph
 from quantdoctor.backends.splice import OpRunnerBase, SpliceBase
-from quantdoctor.backends.tflite.extract import ExtractedIO, extract_ops, plan, to_tensor_dtype
+from quantdoctor.backends.tflite.extract import ExtractedIO, extract_isolated, extract_ops, plan, to_tensor_dtype
 from quantdoctor.backends.tflite.loader import load_interpreter
 from quantdoctor.errors import DataError
 
@@ -44,7 +44,10 @@ class Subgraph:
         io: ExtractedIO = plan(data, ops, outputs)
         self.ops, self.inputs, self.outputs = io.ops, io.inputs, io.outputs
         what = f"op {io.ops[0]} on its own" if len(io.ops) == 1 else f"a cut of {len(io.ops)} ops"
-        self.interp = load_interpreter(extract_ops(data, ops, constants, outputs), num_threads=num_threads, what=what)
+        self._load(extract_ops(data, ops, constants, outputs), num_threads, what)
+
+    def _load(self, extract: bytes, num_threads: int | None, what: str) -> None:
+        self.interp = load_interpreter(extract, num_threads=num_threads, what=what)
         self._in = self.interp.get_input_details()
         self._shapes: list[tuple[int, ...]] = []
 
@@ -74,8 +77,56 @@ class Subgraph:
         return [dequantize_detail(v, d) for v, d in zip(outs, self.interp.get_output_details(), strict=True)]
 
 
+class IsolatedOps(Subgraph):
+    """Ops of a model side by side in one interpreter, each on inputs of its own (`extract.extract_isolated`).
+
+    One invoke computes what each op's own cut computes, without an interpreter per op. Inputs and outputs are float
+    as in `Subgraph.run` (which takes every op's inputs, concatenated in `ops` order).
+
+    Args:
+        model: the source .tflite bytes.
+        ops: source op indices.
+        constants: per op index, float32 constants to replace (source tensor index → array).
+    """
+
+    def __init__(self, model: bytes, ops: Sequence[int], *, constants: dict[int, dict[int, np.ndarray]] | None = None,
+                 num_threads: int | None = None) -> None:
+        self.ops = tuple(int(o) for o in ops)
+        data, ios = extract_isolated(bytes(model), self.ops, constants)
+        self.io = dict(zip(self.ops, ios))
+        self.inputs = tuple(t for io in ios for t in io.inputs)
+        self.outputs = tuple(t for io in ios for t in io.outputs)
+        self._load(data, num_threads, f"{len(self.ops)} ops side by side")
+        self._out = self.interp.get_output_details()
+
+    def run_each(self, float_inputs: dict[int, Sequence[np.ndarray]]) -> dict[int, list[np.ndarray]]:
+        """Each op's float32 outputs for its float inputs (`float_inputs[op]`, in the order of its `io[op].inputs`).
+
+        Raises:
+            DataError: an op of the group is missing or gets the wrong number of inputs.
+        """
+        arrays = []
+        for op in self.ops:
+            given = float_inputs.get(op)
+            if given is None or len(given) != len(self.io[op].inputs):
+                raise DataError(f"op {op} reads {len(self.io[op].inputs)} activation tensor(s); "
+                                f"{0 if given is None else len(given)} array(s) were given")
+            arrays += given
+        outs = self.run(arrays)
+        result, k = {}, 0
+        for op in self.ops:
+            n = len(self.io[op].outputs)
+            result[op], k = outs[k : k + n], k + n
+        return result
+
+
 class OpRunner(OpRunnerBase):
     """Single ops of a .tflite model, each cut out with its weight DEQUANTIZE ops and run alone (`OpRunnerBase`)."""
+
+    def isolated(self, ops: Sequence[int]) -> IsolatedOps:
+        """`ops` in one interpreter, each alone (with this runner's constants); not kept: the caller owns it."""
+        return IsolatedOps(self.model, ops, constants={o: self.constants[o] for o in ops if o in self.constants},
+                           num_threads=self._threads)
 
     def _plan(self, op_index: int) -> ExtractedIO:
         return plan(self.model, [op_index])
