@@ -140,5 +140,5 @@ def test_two_input_and_multi_head_files(two_input_files, multi_head_files):
         _, box, landmarks = multi.predict(data["x"], verbose=0)
         assert np.abs(box - data["boxes"]).mean() * 48 < 4  # pixels; measured ~2
     with np.load(multi_head_files.onnx_data) as data:
-        outputs = ort.InferenceSession(str(multi_head_files.onnx)).run(None, dict(data))
+        outputs = ort.InferenceSession(str(multi_head_files.onnx)).run(None, {"image": data["x"]})
     assert [o.shape[1] for o in outputs] == [10, 4, 10]
