@@ -17,7 +17,7 @@ another detector's detections). TensorFlow and PyTorch are imported inside the f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 

@@ -259,18 +259,3 @@ def _probabilities(float_out: np.ndarray, quant_out: np.ndarray) -> tuple[np.nda
     total = q.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.asarray(float_out, dtype=np.float64), np.where(total > 0, q / total, q)
-
-
-def require_class_scores(shape: tuple, where: str = "the model") -> None:
-    """Refuse an output that is not one vector of class scores per sample (a (C,) shape after the batch).
-
-    Raises:
-        DataError: the per-sample output `shape` has another rank.
-    """
-    if len(shape) != 1:
-        dims = ", ".join(str(d) for d in shape)
-        raise DataError(
-            f"{where}'s first output has shape ({dims}) per sample; quantdoctor measures classifiers, "
-            "whose output is one vector of class scores per sample; detectors, segmenters and regressors are not "
-            "supported yet"
-        )

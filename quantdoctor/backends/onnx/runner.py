@@ -22,7 +22,7 @@ import numpy as np
 from quantdoctor.backends.base import Batch, Graph, TensorSpec, as_inputs
 from quantdoctor.backends.onnx.loader import read_onnx
 from quantdoctor.backends.onnx.subgraph import OpRunner, Splice, downstream, from_tensor, to_tensor
-from quantdoctor.errors import DataError, ModelLoadError
+from quantdoctor.errors import DataError
 
 __all__ = ["OnnxRunner", "read_onnx"]
 
