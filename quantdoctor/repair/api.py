@@ -60,7 +60,9 @@ def repair(
             "pixel_agreement" for a segmenter; "fidelity" for a regressor (see `repair.evaluate.METRICS`).
         task, task_options: how the outputs are judged, as for `diagnose` ("auto" decides from the outputs).
         out: folder for repaired.tflite (repaired.onnx), recipe.json and repair.json (written atomically).
-        rank_size: samples of the evaluation set the search ranks candidates on.
+        rank_size: samples of the evaluation set each step's diagnosis runs on; the search ranks candidates on at
+            least as many, and on enough that one changed decision costs less than `max_drop`
+            (`repair.search.ranking_size`).
         search: a `repair.search.SearchConfig` (its max_drop is replaced by `max_drop`).
         cache: read and write converted models (the calibrated model, every candidate built with the converter) in the
             user's cache (`quantdoctor.cache`); False never touches it.
@@ -91,7 +93,8 @@ def repair(
     source, runtime, given, scheme, eval_ds, builder = p.source, p.runtime, p.given, p.scheme, p.eval_ds, p.builder
     evaluator = Evaluator(builder.float_model, eval_ds, metric, batch_size=batch_size, top_k=top_k, rank_size=rank_size,
                           runtime=runtime, task=task, task_options=task_options)
-    diagnose_fn = _diagnoser(builder.float_model, eval_ds, evaluator, batch_size, RUNTIMES.get(runtime).suffix)
+    diagnose_fn = _diagnoser(builder.float_model, eval_ds, evaluator, batch_size, RUNTIMES.get(runtime).suffix,
+                             rank_size)
     cfg = replace(search or SearchConfig(), max_drop=max_drop)
 
     note = ""
@@ -104,15 +107,15 @@ def repair(
         actions, final, trajectory, skipped, changed = [], baseline, (), {}, 0
         repaired = given if given is not None else builder.build([])
     else:
-        engine = GreedySearch(builder, evaluator, diagnose_fn, cfg, executor=pool)
+        engine = GreedySearch(builder, evaluator, diagnose_fn, cfg, executor=pool,
+                              baseline=None if given is not None else baseline)
         try:
             actions, final = engine.run()
         finally:
             diagnose_fn.cleanup()
             pool.close()
         trajectory, skipped, changed = tuple(engine.state.trajectory), engine.state.skipped, engine.changed_ops(actions)
-        repaired = builder.build(actions)
-        final = evaluator.evaluate(repaired, full=True)  # fresh, full evaluation of the exact bytes to be written
+        repaired = builder.build(actions)  # `final`: the search's evaluation of these bytes on the whole set
     met = final.drop <= max_drop + 1e-9
     name = evaluator.metric.name
     if met:
@@ -288,8 +291,10 @@ def _split(dataset: Any, scheme: str, calib: Any, calib_count: int, preprocess: 
     return dataset.subset(eval_idx), dataset.subset(calib_idx)
 
 
-def _diagnoser(float_model: bytes, eval_ds: Any, evaluator: Any, batch_size: int, suffix: str = ".tflite"):
-    """diagnose() of a candidate on the ranking subset (counted as one quantized evaluation)."""
+def _diagnoser(float_model: bytes, eval_ds: Any, evaluator: Any, batch_size: int, suffix: str = ".tflite",
+               size: int = 32):
+    """diagnose() of a candidate on the first `size` samples (counted as one quantized evaluation): it only ranks the
+    next candidates, which are then measured on the ranking subset."""
     from quantdoctor.diagnose.pipeline import diagnose
 
     folder = tempfile.mkdtemp(prefix="quantdoctor-repair-")
@@ -299,7 +304,7 @@ def _diagnoser(float_model: bytes, eval_ds: Any, evaluator: Any, batch_size: int
     def run(model: bytes):
         q_path = os.path.join(folder, "candidate" + suffix)
         Path(q_path).write_bytes(model)
-        subset = eval_ds.subset(np.arange(min(evaluator.rank_size, len(eval_ds))))
+        subset = eval_ds.subset(np.arange(min(size, len(eval_ds))))
         evaluator.count += 1
         d = diagnose(float_path, subset, quantized=q_path, batch_size=batch_size, task=evaluator.task.name,
                      task_options=evaluator.task_options)

@@ -109,12 +109,15 @@ def _layer_actions(layer: Any, op: str, scheme: str, quantized: set[str] | None 
     return actions
 
 
-def _group_actions(op_type: str, ops: tuple[str, ...], scheme: str) -> list[Action]:
+def _group_actions(op_type: str, ops: tuple[str, ...], scheme: str, exact: bool = False) -> list[Action]:
+    """Actions for several ops of one type: for every op of the type, or (`exact`) for exactly `ops` — a verified
+    cause set, which the counterfactual measured as it is, so the fix needs no narrowing afterwards."""
     actions: list[Action] = []
+    scope = {"ops": ops} if exact else {"op_type": op_type}
     if op_type in WEIGHTED:
         if scheme in DYNAMIC_SCHEMES and op_type == "DEPTHWISE_CONV_2D":
-            actions.append(KernelWorkaround(op_type=op_type))
-        actions.append(PerChannel(op_type=op_type))
+            actions.append(KernelWorkaround(**scope))
+        actions.append(PerChannel(**scope))
     actions.append(KeepFloat(ops=ops))
     return actions
 
@@ -186,7 +189,8 @@ def rank_candidates(diagnosis: Any, scheme: str, op_names: set[str], max_layers:
             acts = _mixed_ranges_actions(finding, members, scheme, quantized)
         elif len(members) > 1:
             types = {layer.op_type for _, layer in members}
-            acts = _group_actions(types.pop() if len(types) == 1 else "", tuple(op for op, _ in members), scheme)
+            acts = _group_actions(types.pop() if len(types) == 1 else "", tuple(op for op, _ in members), scheme,
+                                  exact=verified)
             if len(set(l.op_type for _, l in members)) > 1:
                 # Mixed op types (e.g. drift over many ops): finer weights for those that have per-tensor ones first,
                 # keeping them all in float only as the last resort.

@@ -2,15 +2,22 @@
 
 Each step ranks candidates by the diagnosis' proxies and evaluates the top few on the ranking subset (a real build and a
 real interpreter pass each); the best one is kept if it improves the metric, ties going to the change that touches fewer
-ops. After a kept step the current model is diagnosed again (on the ranking subset), so the next ranking sees the error
-that the fix uncovered. When no candidate improves, the search takes one step back: it undoes the last action and tries
-that step's runner-up instead. When the budget is met on the ranking subset, actions the model does not need are pruned,
-and the result is verified on the whole evaluation set; if that fails, the search resumes with the whole set as ranking
-set.
+ops. A fix for a cause the diagnosis verified by a counterfactual is tried alone first. After a kept step the current
+model is diagnosed again (on a small subset), so the next ranking sees the error that the fix uncovered. When no
+candidate improves, the search takes one step back: it undoes the last action and tries that step's runner-up instead.
+When the budget is met on the ranking subset, actions the model does not need are pruned, group actions are narrowed by
+bisection, and the result is verified on the whole evaluation set; if that fails, the search resumes with the whole set
+as ranking set.
+
+The ranking subset is sized from the budget (`ranking_size`): one changed decision on it must cost less than the budget,
+or meeting the budget there says little about the whole set. Every evaluation is remembered by its action list and
+sample count, so a pruning or narrowing step whose answer was measured on the way costs nothing, and an evaluation that
+already covered the whole set is the final one.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -67,15 +74,26 @@ class CandidateWorker:
             return Outcome(None, str(exc) or type(exc).__name__)
 
 
+def ranking_size(max_drop: float, rank_size: int, samples: int) -> int:
+    """Samples the search ranks candidates on: at least `rank_size`, and enough that one changed decision (100/n points)
+    costs less than the `max_drop` budget; all `samples` once that is more than half of them (a subset saves little
+    then, and an evaluation on the whole set doubles as the final one)."""
+    need = samples if max_drop <= 0 else math.floor(100.0 / max_drop) + 1
+    n = min(max(rank_size, need), samples)
+    return samples if 2 * n > samples else n
+
+
 class GreedySearch:
-    """One search run. `diagnose(model_bytes)` returns a Diagnosis of a candidate on the ranking subset.
+    """One search run. `diagnose(model_bytes)` returns a Diagnosis of a candidate (on a small subset).
 
     `executor` evaluates each round's candidates (in this process by default; on Ray actors with the "ray" executor);
-    its results come back in the candidates' order, so the decisions are the same wherever they ran.
+    its results come back in the candidates' order, so the decisions are the same wherever they ran. `baseline`, the
+    unchanged model's evaluation on the whole set, saves evaluating it again when the ranking subset is the whole set.
+    The evaluator's ranking subset is widened to `ranking_size`.
     """
 
     def __init__(self, builder: Builder, evaluator: Evaluator, diagnose: Callable[[bytes], Any], config: SearchConfig,
-                 executor: Executor | None = None):
+                 executor: Executor | None = None, baseline: Evaluation | None = None):
         from quantdoctor.executors.local import LocalExecutor
 
         self.builder, self.evaluator, self.diagnose, self.cfg = builder, evaluator, diagnose, config
@@ -83,6 +101,11 @@ class GreedySearch:
         self._worker = WorkerMethod(CandidateWorker, (builder, evaluator), "evaluate")
         self.state = SearchState()
         self._why: dict[Action, Any] = {}  # the diagnosis each kept action was chosen from (to order its members)
+        self._verified: set[Action] = set()  # kept actions that fix a cause a counterfactual proved
+        self._seen: dict[tuple[tuple[Action, ...], int], Evaluation] = {}  # (actions, samples) -> their evaluation
+        evaluator.rank_size = ranking_size(config.max_drop, evaluator.rank_size, len(evaluator.dataset))
+        if baseline is not None and baseline.samples == len(evaluator.dataset):
+            self._seen[((), baseline.samples)] = baseline
         self.start = time.perf_counter()
         self.names = {name for _, name in builder.ops}
         self._base_weights = _int8_weight_ops(builder.build([]))
@@ -100,8 +123,9 @@ class GreedySearch:
                 current = self._greedy(current)
             if self._within(current):
                 self._prune()
-            final = self.evaluator.evaluate(self.builder.build(self.state.actions), full=True)
-            self._row(len(self.state.trajectory), "final (fresh evaluation)", self.state.actions, final, True)
+            final, fresh = self._eval_full(self.state.actions)
+            self._row(len(self.state.trajectory), "final (fresh evaluation)" if fresh else "final (the whole set, above)",
+                      self.state.actions, final, True)
             if self._within(final) or full or self.evaluator.rank_size >= len(self.evaluator.dataset):
                 return self.state.actions, final
         raise AssertionError("unreachable")
@@ -131,6 +155,8 @@ class GreedySearch:
             if better:
                 cand, ev = better[0]
                 self._why[cand.action] = diagnosis
+                if cand.verified:
+                    self._verified.add(cand.action)
                 history.append((current, tried))
                 self.state.actions.append(cand.action)
                 current = ev
@@ -163,61 +189,98 @@ class GreedySearch:
         """Evaluate rounds of candidates until one improves; results best first (ties: fewer changed ops)."""
         tried: list[tuple[Candidate, Evaluation]] = []
         if ranked and ranked[0].verified and self.evaluator.count < self.cfg.max_evaluations:
-            # A fix for a proven cause is tried alone first: when it improves, the runners-up need no evaluation.
-            for cand, ev in self._eval_many(ranked[:1]):
-                if ev.value > reference:
-                    return [(cand, ev)]
-                tried.append((cand, ev))
+            # A fix for a proven cause is tried alone first: when it meets the budget, nothing else needs evaluating.
+            # When it only improves, the other fixes of the same ops (the counterfactual made exactly these ops exact)
+            # are its alternatives: one evaluation each decides between them, before any proxy-ranked candidate.
+            tried = self._eval_many(ranked[:1])
+            if tried and self._within(tried[0][1]):
+                return tried
+            ops = set(ranked[0].action.targets())
+            same = [c for c in ranked[1:] if ops and c.verified and set(c.action.targets()) == ops]
+            same = same[: self.cfg.per_step - 1]
+            if tried and tried[0][1].value > reference:
+                tried = self._best_first(tried + self._eval_many(same))
+                return tried
             ranked = ranked[1:]
         for r in range(self.cfg.rounds_per_step):
-            tried += self._eval_many(ranked[r * self.cfg.per_step : (r + 1) * self.cfg.per_step])
-            # Those that meet the budget first, the smallest change among them; then the best metric.
-            tried.sort(key=lambda ce: (
-                not self._within(ce[1]),
-                self.changed_ops(self.state.actions + [ce[0].action]) if self._within(ce[1]) else 0,
-                -ce[1].value,
-                self.changed_ops(self.state.actions + [ce[0].action]),
-            ))
+            tried = self._best_first(tried + self._eval_many(ranked[r * self.cfg.per_step : (r + 1) * self.cfg.per_step]))
             if tried and tried[0][1].value > reference:
                 break
         return tried
+
+    def _best_first(self, tried: list[tuple[Candidate, Evaluation]]) -> list[tuple[Candidate, Evaluation]]:
+        """Those that meet the budget first, the smallest change among them; then the best metric (stable: the
+        ranking's order, least invasive first, breaks ties)."""
+        return sorted(tried, key=lambda ce: (
+            not self._within(ce[1]),
+            self.changed_ops(self.state.actions + [ce[0].action]) if self._within(ce[1]) else 0,
+            -ce[1].value,
+            self.changed_ops(self.state.actions + [ce[0].action]),
+        ))
 
     def _prune(self) -> None:
         if len(self.state.actions) >= 2:
             for action in list(reversed(self.state.actions)):
                 rest = [a for a in self.state.actions if a != action]
-                ev = self._eval(rest)
+                if self._proven_needed(action, rest):
+                    continue
+                if (tuple(rest), self.evaluator.rank_size) not in self._seen \
+                        and self.evaluator.count >= self.cfg.max_evaluations:
+                    break
+                ev = self._eval(rest)  # the state before the last step was measured on the way: no evaluation
                 if self._within(ev):
                     self.state.actions = rest
                     self._row(len(self.state.trajectory), f"- {action.describe()} (pruned)", rest, ev)
         for i, action in enumerate(list(self.state.actions)):
             self._narrow(i, action)
 
+    def _proven_needed(self, action: Action, rest: list[Action]) -> bool:
+        """Whether the diagnosis already answered that `action` cannot go: it fixes a cause a counterfactual proved
+        (group testing found the loss carried by those ops, each one needed) and no other action touches its ops."""
+        if action not in self._verified:
+            return False
+        others = {op for a in rest for op in self._members(a)}
+        return not others & set(self._members(action))
+
     def _narrow(self, index: int, action: Action) -> None:
         """Shrink a group action (an op type, or several ops) to the members the budget needs.
 
         Members the diagnosis the action was chosen from shows as defects (observed error ≥ 10× what their parameters
-        predict) are kept without trying; the others are dropped one at a time in execution order while the budget
-        holds (a dropped member stays dropped).
+        predict) or located as causes are kept without trying. The others, least suspect first (the op's own noise in
+        that diagnosis), are dropped as far as the budget holds: all of them in one evaluation, else the longest
+        droppable run found by bisection — one evaluation per halving, not one per member.
         """
         members = self._members(action)
         if len(members) < 2:
             return
         proxy = self._member_proxies(action)
-        keep = list(members)
-        for op in [m for m in members if not proxy.get(m, (0.0, False))[1]]:
-            if len(keep) == 1:
-                break
-            ops = tuple(o for o in keep if o != op)
+        order = {op: i for i, op in enumerate(members)}
+        free = sorted((m for m in members if not proxy.get(m, (0.0, False))[1]),
+                      key=lambda m: (proxy.get(m, (0.0, False))[0], order[m]))[: len(members) - 1]
+
+        def without(k: int) -> list[Action] | None:
+            ops = tuple(o for o in members if o not in set(free[:k]))
             trial = replace(action, ops=ops, op_type=None) if hasattr(action, "op_type") else replace(action, ops=ops)
-            if self.builder.unsupported(trial) is not None or self.evaluator.count >= self.cfg.max_evaluations:
-                return
-            actions = self.state.actions[:index] + [trial] + self.state.actions[index + 1 :]
+            if self.builder.unsupported(trial) is not None:
+                return None
+            return self.state.actions[:index] + [trial] + self.state.actions[index + 1 :]
+
+        lo, hi, kept = 0, len(free) + 1, None  # dropping free[:lo] holds (nothing: the current state); free[:hi] fails
+        probe = len(free)  # the least suspect members are often all superfluous: try that first
+        while hi - lo > 1 and probe > lo:
+            actions = without(probe)
+            if actions is None or ((tuple(actions), self.evaluator.rank_size) not in self._seen
+                                   and self.evaluator.count >= self.cfg.max_evaluations):
+                break
             ev = self._eval(actions)
             if self._within(ev):
-                keep.remove(op)
-                self.state.actions = actions
-                self._row(len(self.state.trajectory), f"~ {trial.describe()} (narrowed)", actions, ev)
+                lo, kept = probe, (actions, ev)
+            else:
+                hi = probe
+            probe = (lo + hi) // 2
+        if kept is not None:
+            self.state.actions = kept[0]
+            self._row(len(self.state.trajectory), f"~ {kept[0][index].describe()} (narrowed)", kept[0], kept[1])
 
     def _member_proxies(self, action: Action) -> dict[str, tuple[float, bool]]:
         """Member op → (proxy noise, whether it is a defect) from the diagnosis the action was chosen from."""
@@ -250,14 +313,27 @@ class GreedySearch:
         return reason is None
 
     def _eval(self, actions: list[Action]) -> Evaluation:
-        return self.evaluator.evaluate(self.builder.build(actions))
+        """The actions' evaluation on the ranking subset: remembered, or one build and one quantized pass."""
+        key = (tuple(actions), self.evaluator.rank_size)
+        if key not in self._seen:
+            self._seen[key] = self.evaluator.evaluate(self.builder.build(actions))
+        return self._seen[key]
+
+    def _eval_full(self, actions: list[Action]) -> tuple[Evaluation, bool]:
+        """(the actions' evaluation on the whole set, whether it was made now): one made earlier in the search was a
+        real build of the same actions on the same samples."""
+        key = (tuple(actions), len(self.evaluator.dataset))
+        fresh = key not in self._seen
+        if fresh:
+            self._seen[key] = self.evaluator.evaluate(self.builder.build(actions), full=True)
+        return self._seen[key], fresh
 
     def _eval_many(self, candidates: list[Candidate]) -> list[tuple[Candidate, Evaluation]]:
         """Each candidate added to the current actions, evaluated through the executor, as a loop would evaluate them
         one by one: while the evaluation budget lasts (a rejected candidate costs none, so the next one takes its
         place), rejections recorded as skipped; the evaluations in the candidates' order."""
-        done: list[tuple[Candidate, Evaluation]] = []
-        pending = list(candidates)
+        known = {c: self._seen.get((tuple(self.state.actions + [c.action]), self.evaluator.rank_size)) for c in candidates}
+        pending = [c for c in candidates if known[c] is None]
         while pending and self.evaluator.count < self.cfg.max_evaluations:
             batch, pending = pending[: self.cfg.max_evaluations - self.evaluator.count], \
                 pending[self.cfg.max_evaluations - self.evaluator.count :]
@@ -271,9 +347,9 @@ class GreedySearch:
                     continue
                 count, seconds = count + 1, seconds + out.evaluation.seconds
                 _remember(self.builder, actions, out.model)
-                done.append((cand, out.evaluation))
+                self._seen[(actions, out.evaluation.samples)] = known[cand] = out.evaluation
             self.evaluator.count, self.evaluator.seconds = count, seconds
-        return done
+        return [(c, known[c]) for c in candidates if known[c] is not None]
 
     def _within(self, ev: Evaluation) -> bool:
         return ev.drop <= self.cfg.max_drop + 1e-9
