@@ -63,6 +63,7 @@ class _OpProbe:
     observed_mode: tuple = ("none",)  # QDQ: the quantize op after the op puts its output on the grid
     kernel_inputs: tuple[int, ...] = ()  # QDQ with a kernel check: float tensors feeding the op's QDQ neighbourhood
     first_inputs: tuple[np.ndarray, ...] = ()  # the first sample's inputs, for a one-op reproduction
+    q_modes: tuple[tuple, ...] = ()  # how the quantized extract stores each input (`_static_mode`, or ("none",))
 
 
 class Probes:
@@ -135,12 +136,33 @@ class Probes:
         p.expected.update(ref, self.reference.run(p.q_op, args).reshape(ref.shape))
 
     def _isolate(self, group: list[_OpProbe], fv: dict[int, np.ndarray], n: int) -> None:
-        """Isolated and expected error of a group of ops: each side runs the whole group in one interpreter."""
-        observed = _run_each(self.quant_ops, {p.q_op: [fv[t][:n] for t in p.q_inputs] for p in group})
+        """Isolated and expected error of a group of ops: each side runs the whole group in one interpreter.
+
+        An input on a static grid is quantized once per group: the quantized op gets those integers as its tensor
+        stores them, and the float op (same grid, `_input_mode`) their float values.
+        """
+        stored: dict[tuple, np.ndarray] = {}
+
+        def quantized(t: int, mode: tuple, integers: bool) -> np.ndarray:
+            key = (t, mode, integers)
+            if key not in stored:
+                q = stored.get((t, mode, True))
+                if q is None:
+                    q = stored[(t, mode, True)] = _stored(fv[t][:n], mode)
+                stored[key] = q if integers else _dequantized(q, mode)
+            return stored[key]
+
+        observed = _run_each(self.quant_ops, {
+            p.q_op: [quantized(t, m, True) if m[0] == "static" else fv[t][:n] for t, m in zip(p.q_inputs, p.q_modes)]
+            for p in group
+        })
         expect = [p for p in group if p.expected is not None]
         simulated = _run_each(self.float_ops, {
-            p.f_op: [_fake_quant(fv[t][:n], mode) for t, mode in zip(p.f_inputs, p.f_modes)] for p in expect
+            p.f_op: [quantized(t, m, False) if m[0] == "static" else _fake_quant(fv[t][:n], m)
+                     for t, m in zip(p.f_inputs, p.f_modes)]
+            for p in expect
         })
+        del stored
         for p in group:
             ref = fv[p.f_out][:n]
             p.isolated.update(ref, _fake_quant(observed[p.q_op][0], p.observed_mode).reshape(ref.shape))
@@ -194,9 +216,12 @@ class Probes:
             grid_t = qg.tensors[pair.quant_index] if qg.qdq else qg.tensors[q_t]
             out_mode = _static_mode(grid_t) if grid_t.dtype in _INTEGER else ("none",)
             observed_mode = out_mode if qg.qdq and grid_t.index != q_t else ("none",)
+            q_modes = tuple(_static_mode(qg.tensors[t]) if qg.tensors[t].dtype in _INTEGER else ("none",)
+                            for t in q_io.inputs)
             probes.append(
                 _OpProbe(q_op.index, f_op.index, pair.float_index, tuple(q_inputs), tuple(f_io.inputs), f_modes,
-                         out_mode, ErrorAccumulator(), None if fused else ErrorAccumulator(), observed_mode)
+                         out_mode, ErrorAccumulator(), None if fused else ErrorAccumulator(), observed_mode,
+                         q_modes=q_modes)
             )
             kernel_inputs = self._kernel_inputs(q_op.index)
             if kernel_inputs:
@@ -309,14 +334,27 @@ def _static_mode(tensor) -> tuple:
     return ("static", float(q.scales[0]), int(q.zero_points[0]) if q.zero_points else 0, tensor.dtype)
 
 
-def _fake_quant(x: np.ndarray, mode: tuple) -> np.ndarray:
-    """x rounded to the grid `mode` describes and back to float (see the module docstring)."""
+def _stored(x: np.ndarray, mode: tuple) -> np.ndarray:
+    """x as an integer tensor on the static grid `mode` stores it (the QUANTIZE kernel's rounding)."""
     from quantdoctor.backends.tflite.extract import to_tensor_dtype
 
+    _, scale, zp, dtype = mode
+    return to_tensor_dtype(x, np.dtype(dtype), np.array([scale]), np.array([zp]))
+
+
+def _dequantized(q: np.ndarray, mode: tuple) -> np.ndarray:
+    """(q − zero_point) · scale in float32, computed in place (no two more full-size copies)."""
+    _, scale, zp, _ = mode
+    out = q.astype(np.float32)
+    out -= np.float32(zp)
+    out *= np.float32(scale)
+    return out
+
+
+def _fake_quant(x: np.ndarray, mode: tuple) -> np.ndarray:
+    """x rounded to the grid `mode` describes and back to float (see the module docstring)."""
     if mode[0] == "static":
-        _, scale, zp, dtype = mode
-        q = to_tensor_dtype(x, np.dtype(dtype), np.array([scale]), np.array([zp]))
-        return ((q.astype(np.float32) - np.float32(zp)) * np.float32(scale)).astype(np.float32)
+        return _dequantized(_stored(x, mode), mode)
     if mode[0] == "dynamic":
         rows = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
         scale, zp, inverse = _dynamic_rows(rows, symmetric=False)

@@ -410,6 +410,8 @@ def to_tensor_dtype(
     a = np.asarray(array)
     if dtype.kind not in "iu" or a.dtype.kind != "f" or scales.size == 0:
         return a.astype(dtype, copy=False)
+    if scales.size == 1:
+        return _quantize_per_tensor(a, dtype, float(scales[0]), float(zero_points[0]) if zero_points.size else 0.0)
     s = scales.astype(np.float64)
     z = zero_points.astype(np.float64) if zero_points.size else np.zeros_like(s)
     if s.size > 1:  # per-channel activations are rare, but the broadcast is cheap to get right
@@ -419,6 +421,28 @@ def to_tensor_dtype(
     v = a.astype(np.float64) / s
     info = np.iinfo(dtype)
     return np.clip(round_half_away(v) + z, info.min, info.max).astype(dtype)
+
+
+_CHUNK = 1 << 16  # elements quantized per pass: the float64 temporaries stay in cache
+
+
+def _quantize_per_tensor(a: np.ndarray, dtype: np.dtype, scale: float, zero_point: float) -> np.ndarray:
+    """`to_tensor_dtype` with one scale, chunk by chunk into preallocated buffers: the same float64 arithmetic
+    (x / scale, round half away, + zero point, clamp), without a float64 copy of the whole array per step."""
+    flat = np.ascontiguousarray(a).reshape(-1)
+    out = np.empty(flat.size, dtype)
+    info = np.iinfo(dtype)
+    value = np.empty(min(_CHUNK, flat.size), np.float64)
+    whole = np.empty_like(value)
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start : start + _CHUNK]
+        v, w = value[: chunk.size], whole[: chunk.size]
+        np.divide(chunk, scale, out=v, dtype=np.float64)
+        round_half_away(v, w)
+        w += zero_point
+        np.clip(w, info.min, info.max, out=w)
+        out[start : start + chunk.size] = w
+    return out.reshape(a.shape)
 
 
 def _type_name(code: int) -> str:

@@ -187,4 +187,9 @@ def dequantize(value: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, a
         shape = [1] * value.ndim
         shape[axis] = s.size
         s, z = s.reshape(shape), z.reshape(shape)
-    return (value.astype(np.float32) - z) * s
+    out = value.astype(np.float32)
+    if out.ndim < z.ndim:  # a scalar: broadcasting gives it the parameters' shape, which in place cannot
+        return (out - z) * s
+    out -= z  # in place: the same float32 arithmetic as (q - z) * s, without two more full-size temporaries
+    out *= s
+    return out
