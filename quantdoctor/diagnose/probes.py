@@ -34,6 +34,7 @@ _QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 # Float32 bytes of the inputs and outputs one interpreter of side-by-side ops may hold: a few of them run the probes
 # of a model instead of two cuts per op, and the memory they hold stays bounded.
 GROUP_BYTES = 128 << 20
+STATS_THREADS = 2  # threads folding the statistics of a batch (the machines this runs on have 2 cores and up)
 
 
 @dataclass(frozen=True)
@@ -109,13 +110,30 @@ class Probes:
         return {t for p in self.ops for t in (*p.q_inputs, *p.f_inputs, *p.kernel_inputs, p.f_out)}
 
     def update(self, fv: dict[int, np.ndarray], qv: dict[int, np.ndarray]) -> None:
-        """Fold in one batch: fv/qv map float/quantized tensor indices to their float32 values."""
-        for f, (f_acc, q_acc, grid) in self.acts.items():
+        """Fold in one batch: fv/qv map float/quantized tensor indices to their float32 values.
+
+        The statistics are folded on `STATS_THREADS` worker threads (numpy releases the GIL in its loops), each
+        accumulator by one thread in batch order, so the result is the one a single thread gives; the isolated ops
+        run meanwhile. All of it is done before returning: `fv`/`qv` may be views the next invoke overwrites.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(STATS_THREADS) as pool:
+            folds = [pool.submit(self._fold, part, fv, qv) for part in _split(self.acts, fv, STATS_THREADS)]
+            self._probe_ops(fv)
+            for fold in folds:
+                fold.result()
+
+    def _fold(self, part: list[int], fv: dict[int, np.ndarray], qv: dict[int, np.ndarray]) -> None:
+        for f in part:
+            f_acc, q_acc, grid = self.acts[f]
             q = self.f_to_q[f]
             f_acc.update(fv[f])
             q_acc.update(qv[q])
             if grid is not None:
                 grid.update(qv[q])
+
+    def _probe_ops(self, fv: dict[int, np.ndarray]) -> None:
         take = min(self.explain_samples - self.seen, len(next(iter(fv.values()))) if fv else 0)
         if take > 0:
             for p in self.ops:
@@ -276,6 +294,16 @@ class Probes:
             if weights is not None and weights.actual.shape == tuple(f_w.shape):
                 out[f_op.index] = {f_w.index: weights.actual.astype(np.float32)}
         return out
+
+
+def _split(acts: dict[int, tuple], fv: dict[int, np.ndarray], parts: int) -> list[list[int]]:
+    """The tensors of `acts` dealt into `parts` lists of about equal size (largest first, each to the lightest)."""
+    loads, out = [0] * parts, [[] for _ in range(parts)]
+    for f in sorted(acts, key=lambda f: -fv[f].size):
+        k = loads.index(min(loads))
+        out[k].append(f)
+        loads[k] += fv[f].size
+    return [p for p in out if p]
 
 
 def _groups(probes: list[_OpProbe], fv: dict[int, np.ndarray], n: int) -> list[list[_OpProbe]]:
