@@ -10,7 +10,11 @@ common set-up (imports, loading the Keras model, decoding the photos), which eve
                 "diagnose --no-explain" is the same without the probes
   (c) debugger  QuantizationDebugger(converter, debug_dataset).run() + layer_statistics_dump
 
-Run:  .venv/bin/python benchmarks/diagnose_vs_debugger.py
+A fifth process runs the default diagnosis again under cProfile, one profiler per step (`Progress.step`), and prints
+the top costs of each step; its times are not in the table (cProfile slows Python-level code). The conversion cache is
+off in every process (`QUANTDOCTOR_CACHE=0`), so diagnose converts like the floor does.
+
+Run:  .venv/bin/python benchmarks/diagnose_vs_debugger.py [--no-profile]
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ["QUANTDOCTOR_CACHE"] = "0"  # a cached conversion would skip the step the floor pays for
 CALIB, EVAL = 50, 100
+TOP = 6  # functions listed per step in the profile
 
 
 def _setup():
@@ -119,12 +125,46 @@ def part_diagnose_where(model_path, model, data, x) -> dict:
     return part_diagnose(model_path, model, data, x, explain=False)
 
 
+def part_profile(model_path, model, data, x) -> dict:
+    """The default diagnosis with one cProfile profiler per step: the top functions of each by own time."""
+    import contextlib
+    import cProfile
+    import io
+    import pstats
+
+    from quantdoctor import progress
+
+    profiles: dict[str, cProfile.Profile] = {}
+    timed = progress.Progress.step
+
+    @contextlib.contextmanager
+    def step(self, name, description, total=None):
+        prof = profiles.setdefault(name, cProfile.Profile())
+        with timed(self, name, description, total) as s:
+            prof.enable()
+            try:
+                yield s
+            finally:
+                prof.disable()
+
+    progress.Progress.step = step
+    result = part_diagnose(model_path, model, data, x)
+    tops = {}
+    for name, prof in profiles.items():
+        stats = pstats.Stats(prof, stream=io.StringIO())
+        rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:TOP]  # by own (total internal) time
+        tops[name] = [(f"{pstats.func_std_string(fn)}", round(row[2], 2), row[1]) for fn, row in rows]
+    result["profile"] = tops
+    return result
+
+
 PARTS = {
     "floor": part_floor,
-    "diagnose": part_diagnose,  # where + explain (the default)
+    "diagnose": part_diagnose,  # where + explain + verify (the default)
     "diagnose --no-explain": part_diagnose_where,
     "debugger": part_debugger,
 }
+EXTRA = {"profile": part_profile}
 
 
 def _child(name: str) -> None:
@@ -132,21 +172,32 @@ def _child(name: str) -> None:
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     setup = _setup()
-    result = PARTS[name](*setup)
+    result = {**PARTS, **EXTRA}[name](*setup)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
 
+def _run_part(name: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--part", name], capture_output=True, text=True)
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode != 0 or not line:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"part {name} failed")
+    result = json.loads(line[0][7:])
+    print(f"{name}: {result}", file=sys.stderr)
+    return result
+
+
+def _print_profile(result: dict) -> None:
+    print(f"\nprofile of the default diagnosis (cProfile, one profiler per step; {result['seconds']:.1f} s profiled):")
+    for name, seconds in result["steps"].items():
+        print(f"  {name}: {seconds:.1f} s")
+        for fn, own, calls in result["profile"].get(name, []):
+            print(f"      {own:7.2f} s own  {calls:7d} calls  {fn}")
+
+
 def main() -> None:
-    results = {}
-    for name in PARTS:
-        proc = subprocess.run([sys.executable, __file__, "--part", name], capture_output=True, text=True)
-        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if proc.returncode != 0 or not line:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"part {name} failed")
-        results[name] = json.loads(line[0][7:])
-        print(f"{name}: {results[name]}", file=sys.stderr)
+    results = {name: _run_part(name) for name in PARTS}
     floor = results["floor"]["seconds"]
     print("| run | wall time (s) | × floor | peak RSS (MB) | tensors compared |")
     print("|---|---|---|---|---|")
@@ -157,6 +208,10 @@ def main() -> None:
           f"quantized pass {results['floor']['quant_pass']:.1f} s; diagnose steps: {results['diagnose']['steps']}")
     print(f"top-1 agreement int8 vs float: floor {results['floor']['agreement']:.2f}, "
           f"diagnose {results['diagnose']['agreement']:.2f}")
+    print(f"peak RSS diagnose / floor: {results['diagnose']['peak_rss_mb'] / results['floor']['peak_rss_mb']:.2f}, "
+          f"--no-explain / floor: {results['diagnose --no-explain']['peak_rss_mb'] / results['floor']['peak_rss_mb']:.2f}")
+    if "--no-profile" not in sys.argv:
+        _print_profile(_run_part("profile"))
 
 
 import numpy as np  # noqa: E402  (after the env var above)
