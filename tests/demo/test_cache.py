@@ -19,6 +19,8 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
     assert cache.cache_dir() == tmp_path / "xdg" / "quantdoctor"
     monkeypatch.setenv("QUANTDOCTOR_CACHE", str(tmp_path / "mine" / "deep"))
     assert cache.cache_dir() == tmp_path / "mine" / "deep"
+    monkeypatch.setenv("QUANTDOCTOR_CACHE", "0")  # the conversion cache's off switch, not a folder named 0
+    assert cache.cache_dir() == tmp_path / "xdg" / "quantdoctor"
     assert (tmp_path / "mine" / "deep").is_dir()  # created on demand
 
 
