@@ -298,8 +298,8 @@ class GreedySearch:
         return out
 
     def _members(self, action: Action) -> list[str]:
-        """The ops a group action touches, most suspect first (the order of the diagnosis proxies is not kept here:
-        execution order, so earlier ops are tried for removal first and deeper ones, which see more error, stay)."""
+        """The ops a group action touches, in execution order (the order `_narrow` breaks proxy ties by: earlier ops
+        are dropped first, deeper ones, which see more error, stay)."""
         op_type = getattr(action, "op_type", None)
         if op_type:
             return [name for kind, name in self._base_weights if kind == op_type]
