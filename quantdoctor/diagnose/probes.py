@@ -170,8 +170,11 @@ class Probes:
                 stored[key] = q if integers else _dequantized(q, mode)
             return stored[key]
 
+        # Integers go in as stored only where the cuts take them so (TFLite's `IsolatedOps`); other runtimes get floats.
+        integers = hasattr(self.quant_ops, "isolated")
         observed = _run_each(self.quant_ops, {
-            p.q_op: [quantized(t, m, True) if m[0] == "static" else fv[t][:n] for t, m in zip(p.q_inputs, p.q_modes)]
+            p.q_op: [quantized(t, m, True) if m[0] == "static" and integers else fv[t][:n]
+                     for t, m in zip(p.q_inputs, p.q_modes)]
             for p in group
         })
         expect = [p for p in group if p.expected is not None]
