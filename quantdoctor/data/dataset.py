@@ -123,22 +123,7 @@ class Dataset:
         Raises:
             DataError: naming the first offending label, its sample and the model's class count.
         """
-        labels = self.labels
-        if labels is None:
-            return
-        if labels.ndim != 1:
-            raise DataError(
-                f"y has shape {tuple(labels.shape)}; give one integer class index per sample, shape ({len(labels)},) "
-                "(label masks of shape (N, H, W) are for --task segment)"
-            )
-        bad = np.flatnonzero((labels < -1) | (labels >= num_classes))
-        if bad.size:
-            first = int(bad[0])
-            raise DataError(
-                f"label {int(labels[first])} of data sample {int(self._index[first])} is outside the model's "
-                f"{num_classes} classes (0..{num_classes - 1}); labels must be class indices, or -1 for no label "
-                f"({bad.size} labels are out of range)"
-            )
+        check_class_labels(self.labels, self._index, num_classes)
 
     def _positions(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
         positions = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -153,6 +138,30 @@ class Dataset:
             raise DataError(
                 f"data sample {sample} contains NaN or Inf; clean the data or pick another --preprocess"
             )
+
+
+def check_class_labels(labels: np.ndarray | None, source_indices: np.ndarray, num_classes: int) -> None:
+    """Every label is -1 (no label) or a class index below `num_classes`; `source_indices` name the samples in the
+    user's file.
+
+    Raises:
+        DataError: label masks, or the first label out of range (with its sample and the model's class count).
+    """
+    if labels is None:
+        return
+    if labels.ndim != 1:
+        raise DataError(
+            f"y has shape {tuple(labels.shape)}; give one integer class index per sample, shape ({len(labels)},) "
+            "(label masks of shape (N, H, W) are for --task segment)"
+        )
+    bad = np.flatnonzero((labels < -1) | (labels >= num_classes))
+    if bad.size:
+        first = int(bad[0])
+        raise DataError(
+            f"label {int(labels[first])} of data sample {int(source_indices[first])} is outside the model's "
+            f"{num_classes} classes (0..{num_classes - 1}); labels must be class indices, or -1 for no label "
+            f"({bad.size} labels are out of range)"
+        )
 
 
 def load_dataset(

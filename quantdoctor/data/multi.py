@@ -105,11 +105,10 @@ class MultiDataset:
             yield tuple(x for x, _ in items), items[0][1]
 
     def check_labels(self, num_classes: int) -> None:
-        self.parts[0].__class__.check_labels(self, num_classes)  # same rule, over this dataset's labels
+        """As `Dataset.check_labels`, over this dataset's labels."""
+        from quantdoctor.data.dataset import check_class_labels
 
-    @property
-    def _index(self) -> np.ndarray:  # what Dataset.check_labels quotes in its message
-        return self.source_indices
+        check_class_labels(self.labels, self.source_indices, num_classes)
 
 
 def load_multi_dataset(path: str | Path, specs: InputSpecs, *, preprocess: str = "none") -> MultiDataset:
