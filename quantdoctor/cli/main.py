@@ -86,10 +86,11 @@ def add_explain_options(p: argparse.ArgumentParser) -> None:
                    help="also build the top findings' fixes with the real quantizer and measure them (diagnose only)")
 
 
-def add_executor_options(p: argparse.ArgumentParser) -> None:
+def add_executor_options(p: argparse.ArgumentParser, what: str = "the passes and the counterfactuals run",
+                         how: str = "the data split among Ray actors") -> None:
     p.add_argument("--executor", default="local", choices=("local", "ray"),
-                   help="where the passes and the counterfactuals run: local (this process, the default) or ray "
-                        "(the data split among Ray actors; pip install 'quantdoctor[ray]'); the results are the same")
+                   help=f"where {what}: local (this process, the default) or ray ({how}; pip install "
+                        "'quantdoctor[ray]'); the results are the same")
     p.add_argument("--workers", type=whole(1), default=None, metavar="N",
                    help="Ray actors (default: one per CPU); only with --executor ray")
     p.add_argument("--ray-address", default=None, metavar="ADDR",

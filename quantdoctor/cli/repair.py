@@ -36,16 +36,9 @@ def add_parsers(sub) -> None:
     r.add_argument("--out", metavar="DIR",
                    help="write repaired.tflite (.onnx), recipe.json, repair.json and repair.html here")
     r.add_argument("--rank-size", type=whole(1), default=32, help="samples the search ranks candidates on (default: 32)")
-    r.add_argument("--executor", default="local", choices=("local", "ray"),
-                   help="where each round's candidates are evaluated: local (this process, the default) or ray "
-                        "(Ray actors; pip install 'quantdoctor[ray]'); the search decides the same either way")
-    r.add_argument("--workers", type=whole(1), default=None, metavar="N",
-                   help="Ray actors evaluating candidates (default: one per CPU); only with --executor ray")
-    r.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="join a Ray cluster: auto (the one on this machine) or ray://host:port (default: start one "
-                        "with --workers CPUs, shut down at the end)")
-    from quantdoctor.cli.main import add_data_options
+    from quantdoctor.cli.main import add_data_options, add_executor_options
 
+    add_executor_options(r, "each round's candidates are evaluated", "Ray actors")
     add_data_options(r)
     r.add_argument("--json", action="store_true", help="print the result as JSON instead of the summary")
     from quantdoctor.cli.model_options import add_model_options

@@ -99,16 +99,7 @@ class ShardWorker:
 
             isolate = int(np.clip(self.explain_samples - start, 0, stop - start))  # of the first explain_samples
             probes = Probes(fr, qr, self.matching, is_dynamic_range(qr.graph), isolate)
-        f_ids = passes.float_ids(probes.float_ids if probes is not None else ())
-        q_ids = passes.quant_ids()
-        labels = self.dataset.labels
-        for x, idx in self.dataset.batches(self.models.batch_size, np.arange(start, stop)):
-            fv = fr.capture(x, f_ids, copy=False)
-            qv = qr.capture(x, q_ids, copy=False)
-            passes.update(fv, qv, None if labels is None else labels[idx], len(idx))
-            if probes is not None:
-                probes.update(fv, qv)
-            del fv, qv
+        passes.feed(fr, qr, self.dataset, self.models.batch_size, probes, np.arange(start, stop))
         return Shard(start, passes, None if probes is None else _probe_state(probes))
 
 

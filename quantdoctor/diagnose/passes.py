@@ -60,6 +60,24 @@ class Passes:
             if int(np.prod(outputs[self.class_output].shape)) > 1:
                 self.margins = MarginAccumulator(k=top_k)
 
+    def feed(self, float_runner, quant_runner, dataset, batch_size: int, probes=None,
+             indices: np.ndarray | None = None, advance=None) -> None:
+        """Run `dataset`'s batches (all, or the samples at `indices`) through both runners and fold each in, with the
+        explain `probes` if given; `advance(n)` is told each batch's size (a progress bar)."""
+        f_ids = self.float_ids(probes.float_ids if probes is not None else ())
+        q_ids = self.quant_ids()
+        labels = dataset.labels
+        for x, idx in dataset.batches(batch_size, indices):
+            # Views into the interpreters' buffers (no copies); dropped before the next batch runs.
+            fv = float_runner.capture(x, f_ids, copy=False)
+            qv = quant_runner.capture(x, q_ids, copy=False)
+            self.update(fv, qv, None if labels is None else labels[idx], len(idx))
+            if probes is not None:
+                probes.update(fv, qv)
+            del fv, qv
+            if advance is not None:
+                advance(len(idx))
+
     def float_ids(self, extra: Sequence[int] = ()) -> list[int]:
         """Float tensors to capture each batch: the matched ones, `extra` (the probes'), then the outputs."""
         ids = list(self.matched) + sorted(set(extra) - set(self.matched))

@@ -345,19 +345,8 @@ class _Run:
             return errors, with_example_input(result, eval_ds), margins, passes.channel_results()
         passes = Passes(float_runner.graph, quant_runner.graph, float_runner.outputs(), matching, task, options,
                         self.cfg.top_k)
-        f_ids = passes.float_ids(probes.float_ids if probes is not None else ())
-        q_ids = passes.quant_ids()
-        labels = eval_ds.labels
         with self.prog.step("passes", "float + quantized passes", total=len(eval_ds)) as step:
-            for x, idx in eval_ds.batches(self.cfg.batch_size):
-                # Views into the interpreters' buffers (no copies); dropped before the next batch runs.
-                fv = float_runner.capture(x, f_ids, copy=False)
-                qv = quant_runner.capture(x, q_ids, copy=False)
-                passes.update(fv, qv, None if labels is None else labels[idx], len(idx))
-                if probes is not None:
-                    probes.update(fv, qv)
-                del fv, qv
-                step.advance(len(idx))
+            passes.feed(float_runner, quant_runner, eval_ds, self.cfg.batch_size, probes, advance=step.advance)
         errors, result, margins = passes.results()
         return errors, with_example_input(result, eval_ds), margins, passes.channel_results()
 

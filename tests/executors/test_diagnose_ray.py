@@ -18,13 +18,6 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def outlier(tmp_path_factory):
     """The planted activation outlier (tests/planted.py): int8 loses decisions, group testing locates and verifies."""
     import numpy as np

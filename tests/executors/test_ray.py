@@ -13,13 +13,6 @@ from quantdoctor.executors import RayExecutor, WorkerMethod  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def planted_npz(tmp_path_factory):
     """Held-out real digits for the planted-fault models of tests/planted.py (as tests/repair/conftest.py)."""
     import numpy as np
