@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from quantdoctor.backends.base import Graph
+from quantdoctor.backends.base import Graph, as_inputs, batch_len
 from quantdoctor.diagnose.verification import Outcome, recovery
 from quantdoctor.matching.match import Matching, through_conversions
 
@@ -52,8 +52,18 @@ class Counterfactuals:
         subset = dataset if len(dataset) <= samples else dataset.subset(np.arange(samples))
         self.samples = len(subset)
         labels = subset.labels
-        self.batches = [(x, None if labels is None else labels[idx]) for x, idx in subset.batches(batch_size)]
-        self.float_out = [[np.array(v, copy=True) for v in float_runner.run_all(x)] for x, _ in self.batches]
+        batches = [(x, None if labels is None else labels[idx]) for x, idx in subset.batches(batch_size)]
+        float_out = [[np.array(v, copy=True) for v in float_runner.run_all(x)] for x, _ in batches]
+        whole = quant_runner.splice(())  # the baseline, run as every counterfactual runs: in cuts of the model
+        quant_out = [whole.run(x, _nothing) for x, _ in batches]
+        del whole
+        # The samples whose top-1 decision the quantized model loses come first, so that an op set which does not win
+        # them back is refuted after their batches (`recovers`); the outcomes do not depend on the order.
+        order = self._lost_first(float_out, quant_out)
+        if order is not None:
+            batches, float_out, quant_out = _regroup(batches, float_out, quant_out, order, batch_size)
+        self.batches, self.float_out = batches, float_out
+        self._seen = np.cumsum([batch_len(x) for x, _ in batches]).tolist()  # samples after each batch
         self.matching = matching
         self._q_to_f = matching.q_to_f
         self._f_to_q = {p.float_index: p.quant_index for p in matching.pairs}
@@ -61,8 +71,26 @@ class Counterfactuals:
         self.candidates = tuple(sorted(self.twins))
         self.count = 0
         self.seconds = 0.0
+        self.early = 0  # evaluations decided before their last batch
         self._done: dict[tuple[str, tuple[int, ...]], Outcome] = {}  # each counterfactual is measured once
-        self.baseline = self._measure("quantized", ())
+        self._partial: dict[tuple[str, tuple[int, ...]], tuple[object, int]] = {}  # decided early: (state, next batch)
+        acc = self._new_acc()
+        for (_, y), f_out, q_out in zip(self.batches, self.float_out, quant_out):
+            acc.update(f_out, q_out, y)
+        self.baseline = self._done[("quantized", ())] = self._outcome("quantized", (), acc.result())
+        self.count = 1
+
+    def _lost_first(self, float_out, quant_out) -> np.ndarray | None:
+        """Sample positions, those whose top-1 decision the quantized model changes first (stable); None unless the
+        task is a classifier's."""
+        if self.task.name != "classify":
+            return None
+        from quantdoctor.diagnose.outputs import class_output
+
+        c = class_output(self.fr.outputs(), self.task_options)
+        f = np.concatenate([np.asarray(o[c]).reshape(len(o[c]), -1) for o in float_out])
+        q = np.concatenate([np.asarray(o[c]).reshape(len(o[c]), -1) for o in quant_out])
+        return np.argsort(f.argmax(1) == q.argmax(1), kind="stable")
 
     def _float_source(self, t: int) -> int | None:
         """The float tensor a quantized tensor stands for (through inserted (de)quantize ops)."""
@@ -185,14 +213,33 @@ class Counterfactuals:
         """The float model with only `ops` computed by their quantized versions."""
         return self._measure("alone_quantized", tuple(sorted(set(int(o) for o in ops))))
 
+    def recovers(self, ops: Sequence[int], target: float) -> bool:
+        """Whether `op_exact(ops)` wins back at least `target` of the loss: the same decision, reached before the last
+        batch when the batches seen already settle it.
+
+        A classifier's top-1 agreement is a count, so the batches left can move it by at most their size: once even
+        their all agreeing cannot lift the recovery to `target`, or even their all disagreeing cannot pull it below, the
+        answer is known. The lost decisions' batches run first, so an op set that does not win them back is refuted
+        after them. A later `op_exact(ops)` resumes from where this stopped. Other tasks' headlines are not counts:
+        they run every batch.
+        """
+        key = ("op_exact", tuple(sorted(set(int(o) for o in ops))))
+        if key not in self._done:
+            decided = self._evaluate(*key, target=target)
+            if decided is not None:
+                return decided
+        return self._done[key].recovery >= target
+
     def _measure(self, kind: str, ops: tuple[int, ...]) -> Outcome:
-        if (kind, ops) in self._done:
-            return self._done[(kind, ops)]
-        start = time.perf_counter()
+        if (kind, ops) not in self._done:
+            self._evaluate(kind, ops)
+        return self._done[(kind, ops)]
+
+    def _splice(self, kind: str, ops: tuple[int, ...]):
+        """The spliced model of a counterfactual, and the `compute` that gives its replaced ops' outputs."""
         if kind == "alone_quantized":
             by_float = {self.twins[q][0][0]: q for q in ops}  # the first float op of each twin computes it all
             rest = {f for q in ops for f in self.twins[q][0][1:]}  # the others pass its value on
-            splice = self.fr.splice(sorted(set(by_float) | rest))
 
             def compute(f_op, args):
                 if f_op not in by_float:
@@ -203,21 +250,59 @@ class Counterfactuals:
                 for k, j in enumerate(perm):
                     q_args[j] = args[k]
                 return self._quantized_op(q_op, q_args)
-        else:
-            splice = self.qr.splice(self._with_conversions(ops))
 
-            def compute(q_op, args):
-                if q_op not in self.twins:  # a (de)quantize next to exact ops: float in, float out
-                    return [np.asarray(args[0], dtype=np.float32)]
-                return self._float_twin(q_op, args)
+            return self.fr.splice(sorted(set(by_float) | rest)), compute
 
-        acc = self._new_acc()
-        for (x, y), f_out in zip(self.batches, self.float_out):
-            acc.update(f_out, splice.run(x, compute), y)
-        self._done[(kind, ops)] = self._outcome(kind, ops, acc.result())
-        self.count += 1
-        self.seconds += time.perf_counter() - start
-        return self._done[(kind, ops)]
+        def compute(q_op, args):
+            if q_op not in self.twins:  # a (de)quantize next to exact ops: float in, float out
+                return [np.asarray(args[0], dtype=np.float32)]
+            return self._float_twin(q_op, args)
+
+        return self.qr.splice(self._with_conversions(ops)), compute
+
+    def _evaluate(self, kind: str, ops: tuple[int, ...], target: float | None = None) -> bool | None:
+        """Run the counterfactual's batches (from where an earlier early decision stopped) into its accumulator.
+
+        With `target`, stop once the recovery's side of `target` is settled and return it (the state is kept for a
+        later resume); otherwise, or when only the last batch settles it, store the outcome and return None.
+        """
+        start = time.perf_counter()
+        key = (kind, ops)
+        acc, first = self._partial.pop(key, (None, 0))
+        if acc is None:
+            acc = self._new_acc()
+            self.count += 1
+        splice, compute = self._splice(kind, ops)
+        try:
+            for i in range(first, len(self.batches)):
+                (x, y), f_out = self.batches[i], self.float_out[i]
+                acc.update(f_out, splice.run(x, compute), y)
+                decided = None if target is None or i + 1 == len(self.batches) else self._settled(acc, i, target)
+                if decided is not None:
+                    self._partial[key] = (acc, i + 1)
+                    self.early += first == 0
+                    return decided
+            self._done[key] = self._outcome(kind, ops, acc.result())
+            return None
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _settled(self, acc, batch: int, target: float) -> bool | None:
+        """Whether the recovery will reach `target` whatever the batches after `batch` give; None when it may go either
+        way (or the task's headline is not a count of samples)."""
+        from quantdoctor.tasks.classify import classification_metrics
+
+        m = classification_metrics(acc.result())
+        if m is None:
+            return None
+        seen, n = self._seen[batch], self.samples
+        agree = round(m.top1_agreement * seen)
+        base = self.baseline.top1_agreement
+        if recovery(base, (agree + n - seen) / n) < target - 1e-9:  # the rest all agreeing falls short
+            return False
+        if recovery(base, agree / n) >= target + 1e-9:  # the rest all disagreeing still reaches it
+            return True
+        return None
 
     def _outcome(self, kind: str, ops: tuple[int, ...], result) -> Outcome:
         """The task's result as an outcome: a classifier's agreements and accuracy, else the task's headline."""
@@ -233,6 +318,24 @@ class Counterfactuals:
         rec = math.nan if base is None else recovery(base.top1_agreement, value)
         sqnr = min((o.sqnr_db for o in result.outputs), default=math.nan)
         return Outcome(kind, ops, value, value, None, sqnr, rec, metric=result.headline)
+
+
+def _nothing(op: int, args: list[np.ndarray]) -> list[np.ndarray]:
+    raise AssertionError(f"op {op} is not replaced in the baseline")  # a splice replacing nothing never calls it
+
+
+def _regroup(batches, float_out, quant_out, order: np.ndarray, batch_size: int):
+    """The verification batches, float and quantized outputs re-cut into batches of `batch_size` samples taken in
+    `order` (sample positions across all batches)."""
+    def take(per_batch: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+        whole = [np.concatenate(parts) for parts in zip(*per_batch)]
+        return [[w[order[i:i + batch_size]] for w in whole] for i in range(0, len(order), batch_size)]
+
+    multi = isinstance(batches[0][0], (tuple, list))
+    xs = take([list(as_inputs(x)) for x, _ in batches])
+    ys = [None] * len(xs) if batches[0][1] is None else [y for (y,) in take([[y] for _, y in batches])]
+    new_batches = [(tuple(x) if multi else x[0], y) for x, y in zip(xs, ys)]
+    return new_batches, take(float_out), take(quant_out)
 
 
 def _on_grid(value: np.ndarray, tensor) -> np.ndarray:

@@ -168,8 +168,12 @@ class ShardedCounterfactuals(Counterfactuals):
         self._executor, self._worker = executor, None
         self._models = ModelPair.of(float_runner, quant_runner, batch_size)
         self._options = dict(batch_size=batch_size, **options)
-        # Reads the verification batches and the float outputs once, here; the baseline is the first `_measure`.
+        # Reads the verification batches, the float outputs and the baseline once, here.
         super().__init__(float_runner, quant_runner, matching, dataset, samples, batch_size=batch_size, **options)
+
+    def recovers(self, ops, target: float) -> bool:
+        # Every batch, split among the workers: an early decision would need the batches in sequence.
+        return self.op_exact(ops).recovery >= target
 
     def _measure(self, kind: str, ops: tuple[int, ...]):
         if (kind, ops) in self._done:

@@ -7,8 +7,9 @@ The counterfactuals themselves (op exact, alone quantized) are measured by `diag
 evaluations per op (AIMET/Hailo-style sweeps): candidates are ordered by the diagnosis's proxies (isolated error, share
 of the output error, expected vs observed); the prefix of that order is grown by doubling until it recovers (gallop),
 the shortest recovering prefix is found by bisection, a galloped set is shrunk by delta debugging, and a small set is
-pruned one op at a time. Proxies only
-choose what to test first; what is reported is measured.
+pruned one op at a time. A test that only decides (does this set recover?) stops as soon as its batches settle the
+answer (`Counterfactuals.recovers`). Proxies only choose what to test first; what is reported is measured on every
+verification sample.
 """
 
 from __future__ import annotations
@@ -68,27 +69,24 @@ def locate_causes(cf: Counterfactuals, ranked: Sequence[int], labels: dict[int, 
     galloped = False
     for seed in seeds:  # a finding whose ops recover: bisect inside it
         members = [o for o in order if o in set(seed)]
-        if members and cf.op_exact(members).recovery >= target:
+        if members and cf.recovers(members, target):
             order, lo, k = members, 0, len(members)
             break
     else:
         galloped = True
         k = 1
-        while k < len(order) and not cf.op_exact(order[:k]).recovery >= target:  # gallop: 1, 2, 4, ... until it recovers
+        while k < len(order) and not cf.recovers(order[:k], target):  # gallop: 1, 2, 4, ... until it recovers
             k *= 2
         k = min(k, len(order))
         lo = k // 2  # prefix(lo) failed (or lo == 0)
 
-    def prefix(n: int) -> Outcome:
-        return cf.op_exact(order[:n])
-
     while k - lo > 1:  # bisect for the shortest recovering prefix
         mid = (lo + k) // 2
-        if prefix(mid).recovery >= target:
+        if cf.recovers(order[:mid], target):
             k = mid
         else:
             lo = mid
-    causes, outcome = list(order[:k]), prefix(k)
+    causes, outcome = list(order[:k]), cf.op_exact(order[:k])
     if galloped and len(causes) > PRUNE_AT_MOST:  # the proxies may have ranked the cause late: drop what is not needed
         causes, outcome = _shrink(cf, causes, outcome, target)
     if 1 < len(causes) <= PRUNE_AT_MOST:  # drop members the rest does not need, least suspect first
@@ -96,9 +94,8 @@ def locate_causes(cf: Counterfactuals, ranked: Sequence[int], labels: dict[int, 
             if len(causes) == 1:
                 break
             rest = [c for c in causes if c != op]
-            trial = cf.op_exact(rest)
-            if trial.recovery >= target:
-                causes, outcome = rest, trial
+            if cf.recovers(rest, target):
+                causes, outcome = rest, cf.op_exact(rest)
 
     rows = []
     members = causes[:TABLE_ROWS]
@@ -125,9 +122,8 @@ def _shrink(cf: Counterfactuals, causes: list[int], outcome: Outcome, target: fl
             if not rest or budget == 0:
                 continue
             budget -= 1
-            trial = cf.op_exact(rest)
-            if trial.recovery >= target:
-                causes, outcome, dropped = rest, trial, True
+            if cf.recovers(rest, target):
+                causes, outcome, dropped = rest, cf.op_exact(rest), True
         if not dropped:
             if size == 1:
                 break

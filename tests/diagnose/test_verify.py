@@ -117,3 +117,39 @@ def test_the_top_findings_fix_is_built_for_real_and_measured(data):
     from tests.report.test_schema import SCHEMA
 
     jsonschema.validate(json.loads(d.to_json()), json.loads(SCHEMA.read_text()))
+
+
+def test_an_early_decision_is_the_full_decision_and_resuming_it_measures_the_same(data):
+    """`recovers` stops once the batches seen settle the answer; it must be the answer of the full evaluation, and a
+    later `op_exact` of the same set (resumed) must equal one measured from scratch."""
+    import keras
+
+    from quantdoctor.backends.tflite.runner import TfliteRunner
+    from quantdoctor.data import load_dataset
+    from quantdoctor.diagnose.counterfactuals import Counterfactuals
+    from quantdoctor.matching.match import match_graphs
+    from quantdoctor.quantize.converter import calibration_from, convert_calibrated_pair
+
+    path = save_model(planted_outlier(1000.0), data, "outlier_early")
+    ds = load_dataset(data / "data.npz", (24, 24, 3))
+    fb, qb = convert_calibrated_pair(keras.saving.load_model(path), "int8", calibration_from(ds.subset(np.arange(16))))
+    fr, qr = TfliteRunner(fb, 8), TfliteRunner(qb, 8)
+    matching = match_graphs(fr.graph, qr.graph)
+    cf = Counterfactuals(fr, qr, matching, ds, 64, batch_size=8)
+    fresh = Counterfactuals(fr, qr, matching, ds, 64, batch_size=8)
+    assert cf.baseline.top1_agreement < 0.9  # a loss to win back
+    sets = [[op] for op in cf.candidates] + [list(cf.candidates[:k]) for k in (2, 4)] + [list(cf.candidates)]
+    answers = set()
+    for ops in sets:
+        for target in (0.3, 0.5, 0.9):
+            got = cf.recovers(ops, target)
+            answers.add(got)
+            assert got == (fresh.op_exact(ops).recovery >= target), (ops, target)
+    assert answers == {True, False}
+    assert cf.early > 0  # some were settled before their last batch
+    for ops in sets:
+        full = cf.op_exact(ops)  # resumed where the early decision stopped
+        assert full.top1_agreement == fresh.op_exact(ops).top1_agreement
+        assert full.topk_agreement == fresh.op_exact(ops).topk_agreement
+        assert full.logit_sqnr_db == pytest.approx(fresh.op_exact(ops).logit_sqnr_db, rel=1e-6)
+    assert cf.count == fresh.count  # a resumed evaluation is still one evaluation
