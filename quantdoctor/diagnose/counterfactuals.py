@@ -34,10 +34,13 @@ class Counterfactuals:
         float_runner, quant_runner: backend runners (`backends/base.Runner`) of the float and the quantized model.
         matching: the float ↔ quantized tensor pairs.
         dataset: the evaluation set; its first `samples` samples verify.
+        float_outputs: the float model's outputs on those samples (one array per output), when a pass over them has
+            computed them already; by default the float model runs them again.
     """
 
     def __init__(self, float_runner, quant_runner, matching: Matching, dataset, samples: int, *,
-                 batch_size: int = 16, top_k: int = 3, task=None, task_options=None) -> None:
+                 batch_size: int = 16, top_k: int = 3, task=None, task_options=None,
+                 float_outputs: Sequence[np.ndarray] | None = None) -> None:
         from quantdoctor.tasks import build_accumulator, resolve_task
         from quantdoctor.tasks.base import TaskOptions
 
@@ -53,7 +56,11 @@ class Counterfactuals:
         self.samples = len(subset)
         labels = subset.labels
         batches = [(x, None if labels is None else labels[idx]) for x, idx in subset.batches(batch_size)]
-        float_out = [[np.array(v, copy=True) for v in float_runner.run_all(x)] for x, _ in batches]
+        if float_outputs is not None and all(len(o) == self.samples for o in float_outputs):
+            ends = np.cumsum([batch_len(x) for x, _ in batches])
+            float_out = [[o[e - batch_len(x):e] for o in float_outputs] for (x, _), e in zip(batches, ends)]
+        else:
+            float_out = [[np.array(v, copy=True) for v in float_runner.run_all(x)] for x, _ in batches]
         whole = quant_runner.splice(())  # the baseline, run as every counterfactual runs: in cuts of the model
         quant_out = [whole.run(x, _nothing) for x, _ in batches]
         del whole

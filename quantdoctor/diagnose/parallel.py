@@ -82,16 +82,18 @@ class ShardWorker:
     """On a worker: runs shards of the evaluation set through both models into a `Passes` (and the probes)."""
 
     def __init__(self, models: ModelPair, dataset, matching, task, options, top_k: int,
-                 explain_samples: int | None) -> None:
+                 explain_samples: int | None, keep: int = 0) -> None:
         self.models, self.dataset, self.matching = models, dataset, matching
         self.task, self.options, self.top_k, self.explain_samples = task, options, top_k, explain_samples
+        self.keep = keep
 
     def run(self, shard: tuple[int, int]) -> Shard:
         from quantdoctor.diagnose.passes import Passes
 
         start, stop = shard
         fr, qr = self.models.runners()
-        passes = Passes(fr.graph, qr.graph, fr.outputs(), self.matching, self.task, self.options, self.top_k)
+        keep = int(np.clip(self.keep - start, 0, stop - start))  # of the first `keep` samples
+        passes = Passes(fr.graph, qr.graph, fr.outputs(), self.matching, self.task, self.options, self.top_k, keep)
         probes = None
         if self.explain_samples is not None:
             from quantdoctor.diagnose.layers import is_dynamic_range
@@ -104,19 +106,20 @@ class ShardWorker:
 
 
 def sharded_passes(executor: Executor, float_runner, quant_runner, eval_ds, matching, task, options, top_k: int,
-                   batch_size: int, probes=None, parts: int | None = None):
+                   batch_size: int, probes=None, parts: int | None = None, keep: int = 0):
     """The passes over `eval_ds` run shard by shard on `executor`'s workers, merged in shard order.
 
     Args:
         probes: the driver's `Probes` (explain), filled with the shards' merged measurements; None without explain.
         parts: shards (default: one per worker).
+        keep: float outputs kept for the first `keep` samples (`Passes`).
 
     Returns:
         The merged `Passes`.
     """
     models = ModelPair.of(float_runner, quant_runner, batch_size)
     explain = None if probes is None else probes.explain_samples
-    worker = WorkerMethod(ShardWorker, (models, eval_ds, matching, task, options, top_k, explain), "run")
+    worker = WorkerMethod(ShardWorker, (models, eval_ds, matching, task, options, top_k, explain, keep), "run")
     parts = executor.workers if parts is None else parts
     results = executor.map(worker, shards(len(eval_ds), batch_size, parts))
     start = time.perf_counter()

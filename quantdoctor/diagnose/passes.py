@@ -27,9 +27,12 @@ class Passes:
         matching: the float ↔ quantized tensor pairs.
         task, options: the task judging the outputs (`quantdoctor.tasks`) and its options.
         top_k: k of the margins.
+        keep: copies of the float model's outputs are kept for the first `keep` samples fed (the verification
+            samples: the counterfactuals compare against them instead of running the float model again).
     """
 
-    def __init__(self, float_graph, quant_graph, outputs: Sequence[Any], matching, task, options, top_k: int) -> None:
+    def __init__(self, float_graph, quant_graph, outputs: Sequence[Any], matching, task, options, top_k: int,
+                 keep: int = 0) -> None:
         from quantdoctor.diagnose.outputs import class_output, output_pairs, output_scales
         from quantdoctor.stats.accumulators import ErrorAccumulator
         from quantdoctor.stats.margins import MarginAccumulator
@@ -54,6 +57,8 @@ class Passes:
         self.f_outs, self.q_outs = output_pairs(float_graph, quant_graph)
         self.errors = {f: ErrorAccumulator() for f in self.matched}
         self.task = build_accumulator(task, outputs, options, scales=output_scales(quant_graph, self.q_outs))
+        self.keep = keep
+        self.kept: list[list[np.ndarray]] = []  # per batch, the float outputs of its first samples within `keep`
         self.margins, self.class_output = None, None
         if task.name == "classify":
             self.class_output = class_output(outputs, options)
@@ -96,6 +101,9 @@ class Passes:
         if self.margins is not None:
             c = self.class_output
             self.margins.update(fv[self.f_outs[c]].reshape(n, -1), qv[self.q_outs[c]].reshape(n, -1))
+        take = min(n, self.keep - sum(len(k[0]) for k in self.kept)) if self.f_outs else 0
+        if take > 0:
+            self.kept.append([np.array(fv[t][:take], copy=True) for t in self.f_outs])
 
     def merge(self, other: Passes) -> Passes:
         """A new state holding both streams (`self` and `other` unchanged)."""
@@ -105,7 +113,15 @@ class Passes:
         merged.channels = {f: a.merge(other.channels[f]) for f, a in self.channels.items()}
         merged.task = self.task.merge(other.task)
         merged.margins = None if self.margins is None else self.margins.merge(other.margins)
+        merged.kept = self.kept + other.kept  # shards feed consecutive samples: the earlier one first
+        merged.keep = self.keep + other.keep
         return merged
+
+    def kept_outputs(self) -> list[np.ndarray] | None:
+        """The float outputs of the first `keep` samples, one array per output; None when fewer were fed."""
+        if not self.kept or sum(len(k[0]) for k in self.kept) < self.keep:
+            return None
+        return [np.concatenate(parts)[: self.keep] for parts in zip(*self.kept)]
 
     def channel_results(self) -> dict[int, Any]:
         """Per-channel error (`stats.channels.ChannelError`) of each tensor that joins parts."""

@@ -72,6 +72,7 @@ class _Run:
         self.pool = pool if pool is not None else LocalExecutor()  # where the passes and counterfactuals run
         self.module = module  # a torch.nn.Module given through the API
         self.module_labels: dict[str, str] = {}  # ONNX tensor name -> PyTorch module path (torch sources)
+        self._float_outputs = None  # the verification samples' float outputs, kept by the passes
 
     def diagnose(self, model_path: Path | Any, data) -> Diagnosis:
         from quantdoctor.backends.keras.loader import ModelSource, keras_input_shape, resolve_source
@@ -172,8 +173,8 @@ class _Run:
                 from quantdoctor.diagnose.parallel import sharded_counterfactuals
 
                 make = sharded_counterfactuals(self.pool)
-            cf = make(float_runner, quant_runner, matching, eval_ds, n,
-                      batch_size=cfg.batch_size, top_k=cfg.top_k, task=task, task_options=options)
+            cf = make(float_runner, quant_runner, matching, eval_ds, n, batch_size=cfg.batch_size, top_k=cfg.top_k,
+                      task=task, task_options=options, float_outputs=self._float_outputs)
             labels = {l.position: (l.label, l.op_type) for l in diagnosis.layers}
             seeds = [f.positions for f in found[:4] if f.mechanism not in ("accumulated_drift", "float_ops")]
             verification = locate_causes(cf, proxy_order(diagnosis, found), labels, seeds=seeds)
@@ -333,7 +334,12 @@ class _Run:
         from quantdoctor.diagnose.outputs import with_example_input
         from quantdoctor.diagnose.passes import Passes
 
-        if self.pool.name != "local":  # data-parallel: shards of eval_ds on the workers (diagnose/parallel.py)
+        cfg = self.cfg
+        # The verification samples' float outputs are kept for the counterfactuals, in this process only: a worker's
+        # one-thread kernels round differently from the driver's, whose float model the counterfactuals run.
+        local = self.pool.name == "local"
+        keep = min(cfg.verify_samples, len(eval_ds)) if cfg.explain and cfg.verify and local else 0
+        if not local:  # data-parallel: shards of eval_ds on the workers (diagnose/parallel.py)
             from quantdoctor.diagnose.parallel import sharded_passes
 
             what = f"float + quantized passes on {self.pool.workers} workers"
@@ -341,12 +347,12 @@ class _Run:
                 passes = sharded_passes(self.pool, float_runner, quant_runner, eval_ds, matching, task, options,
                                         self.cfg.top_k, self.cfg.batch_size, probes)
                 step.advance(len(eval_ds))
-            errors, result, margins = passes.results()
-            return errors, with_example_input(result, eval_ds), margins, passes.channel_results()
-        passes = Passes(float_runner.graph, quant_runner.graph, float_runner.outputs(), matching, task, options,
-                        self.cfg.top_k)
-        with self.prog.step("passes", "float + quantized passes", total=len(eval_ds)) as step:
-            passes.feed(float_runner, quant_runner, eval_ds, self.cfg.batch_size, probes, advance=step.advance)
+        else:
+            passes = Passes(float_runner.graph, quant_runner.graph, float_runner.outputs(), matching, task, options,
+                            self.cfg.top_k, keep)
+            with self.prog.step("passes", "float + quantized passes", total=len(eval_ds)) as step:
+                passes.feed(float_runner, quant_runner, eval_ds, self.cfg.batch_size, probes, advance=step.advance)
+        self._float_outputs = passes.kept_outputs()
         errors, result, margins = passes.results()
         return errors, with_example_input(result, eval_ds), margins, passes.channel_results()
 

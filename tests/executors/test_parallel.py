@@ -85,10 +85,15 @@ def test_two_shards_merged_equal_one_stream(pair):
     for parts in (1, 2):
         probes = Probes(fr, qr, matching, is_dynamic_range(qr.graph), 20)  # 20 of 32: isolated on both shards
         with LocalExecutor() as ex:
-            passes = sharded_passes(ex, fr, qr, data, matching, task, options, 3, 4, probes, parts=parts)
+            passes = sharded_passes(ex, fr, qr, data, matching, task, options, 3, 4, probes, parts=parts, keep=22)
             assert ex.profile.items == parts
         out[parts] = (passes.results(), passes.channel_results(), probes.results(), probes.seen,
                       [p.first_inputs for p in probes.ops])
+        # The float outputs kept for the verification samples are the float model's on the first 22 samples.
+        kept = passes.kept_outputs()
+        first = np.concatenate([fr.run_all(x)[0] for x, _ in data.batches(4, np.arange(22))])
+        assert len(kept) == 1 and kept[0].shape == first.shape, (parts, kept[0].shape, first.shape)
+        np.testing.assert_array_equal(kept[0], first)
     (one, two) = out[1], out[2]
     (errors1, task1, margins1), (errors2, task2, margins2) = one[0], two[0]
     assert task1.num_samples == task2.num_samples == 32 and one[3] == two[3] == 20
