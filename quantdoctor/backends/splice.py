@@ -115,7 +115,13 @@ class OpRunnerBase:
         model: the model bytes every index refers to.
         constants: per op index, constants to replace in that op's cut (tensor index → array), e.g. a float model's
             weights swapped for a quantized model's dequantized ones.
+
+    `max_bytes` (None: no limit) caps the float inputs one call of a kept cut takes: `run_outputs` feeds a larger
+    batch in pieces of a power-of-two number of samples and joins their outputs, so the cuts kept for every op of a
+    model hold a few samples' activations each rather than a whole batch's (ops compute each sample on its own).
     """
+
+    max_bytes: int | None = None
 
     def __init__(self, model: bytes, num_threads: int | None = None,
                  constants: dict[int, dict[int, np.ndarray]] | None = None) -> None:
@@ -160,7 +166,26 @@ class OpRunnerBase:
             DataError: the number of inputs is not the number the op reads.
         """
         self._check_count(op_index, float_inputs)
-        return self._op(op_index).run(float_inputs)
+        rows = self._rows(float_inputs)
+        if rows is None:
+            return self._op(op_index).run(float_inputs)
+        n = len(float_inputs[0])
+        pieces = [self._op(op_index).run([a[i:i + rows] for a in float_inputs]) for i in range(0, n, rows)]
+        return [np.concatenate(parts) for parts in zip(*pieces)]
+
+    def _rows(self, arrays: Sequence[np.ndarray]) -> int | None:
+        """Samples per piece under `max_bytes`, or None to run the batch whole (small enough, or an input that is not
+        a float batch, such as a shape a RESHAPE reads)."""
+        if self.max_bytes is None or not arrays:
+            return None
+        n = len(arrays[0]) if np.ndim(arrays[0]) else 0
+        if n < 2 or any(np.ndim(a) == 0 or len(a) != n or np.asarray(a).dtype.kind != "f" for a in arrays):
+            return None
+        per_sample = sum(np.asarray(a).nbytes for a in arrays) / n
+        if per_sample * n <= self.max_bytes:
+            return None
+        fits = max(1, int(self.max_bytes // per_sample))
+        return 1 << (fits.bit_length() - 1)  # a power of two: a batch of 16 splits into equal pieces
 
     def run(self, op_index: int, float_inputs: Sequence[np.ndarray]) -> np.ndarray:
         """The first float32 output of op `op_index` fed with float inputs."""

@@ -25,6 +25,7 @@ from quantdoctor.matching.match import Matching, through_conversions
 _INTEGER = ("int8", "uint8", "int16", "uint16")
 _SHAPE_TYPES = ("int32", "int64")
 MAX_CHAIN = 3  # float ops a fused quantized op may stand for (Conv + Relu, Conv + Clip, ...)
+OP_BYTES = 8 << 20  # float inputs one call of a kept one-op cut takes at most (in pieces of the batch beyond)
 
 
 class Counterfactuals:
@@ -50,7 +51,10 @@ class Counterfactuals:
         self._new_acc = lambda: build_accumulator(self.task, float_runner.outputs(), self.task_options)
         self.fg: Graph = float_runner.graph
         self.qg: Graph = quant_runner.graph
-        self.f_ops, self.q_ops = float_runner.op_runner(), quant_runner.op_runner()
+        # Own runners: every op's cut is kept across evaluations, each taking a few samples per call (`max_bytes`), so
+        # that making every op exact does not hold a whole batch of every activation of the model.
+        self.f_ops, self.q_ops = float_runner.op_runner(constants={}), quant_runner.op_runner(constants={})
+        self.f_ops.max_bytes = self.q_ops.max_bytes = OP_BYTES
         self.top_k = top_k
         subset = dataset if len(dataset) <= samples else dataset.subset(np.arange(samples))
         self.samples = len(subset)

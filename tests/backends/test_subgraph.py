@@ -39,6 +39,21 @@ def test_int8_ops_take_float_inputs_and_return_float():
     assert raw.dtype == np.int8 and raw.shape == (2, 16, 16, 48)
 
 
+@pytest.mark.parametrize("kind", ["float", "int8"])
+def test_a_byte_cap_runs_the_batch_in_pieces_with_the_same_outputs(kind):
+    model = converted()[kind]
+    runner, acts = capture(model, sample_input())
+    whole, capped = IsolatedRunner(model, num_threads=1), IsolatedRunner(model, num_threads=1)
+    conv = next(op for op in runner.graph.ops if op.type == "CONV_2D")
+    args = [acts[t] for t in whole.io(conv.index).inputs]
+    capped.max_bytes = args[0].nbytes // 3  # a third of the batch: pieces of the power of two below
+    pieces = capped._rows(args)
+    assert pieces is not None and 1 <= pieces < len(args[0]) and pieces & (pieces - 1) == 0
+    np.testing.assert_array_equal(capped.run(conv.index, args), whole.run(conv.index, args))
+    assert capped._op(conv.index).interp.get_input_details()[0]["shape"][0] == pieces  # the kept cut holds a piece
+    assert capped._rows([np.zeros((len(args[0]), 4), np.int32)]) is None  # a shape, not a batch: whole
+
+
 def test_isolated_error_of_a_hybrid_conv_is_only_its_own():
     x = sample_input()
     float_runner, float_acts = capture(converted()["float"], x)
