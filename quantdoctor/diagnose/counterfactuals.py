@@ -224,6 +224,11 @@ class Counterfactuals:
         """The float model with only `ops` computed by their quantized versions."""
         return self._measure("alone_quantized", tuple(sorted(set(int(o) for o in ops))))
 
+    def prefetch(self, wanted: Sequence[tuple[str, Sequence[int]]]) -> None:
+        """Counterfactuals about to be read, independent of each other ((kind, ops) pairs: "op_exact" or
+        "alone_quantized"). In this process each runs when it is read; an executor runs them side by side
+        (`diagnose/parallel.py`)."""
+
     def recovers(self, ops: Sequence[int], target: float) -> bool:
         """Whether `op_exact(ops)` wins back at least `target` of the loss: the same decision, reached before the last
         batch when the batches seen already settle it.

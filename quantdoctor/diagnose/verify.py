@@ -100,6 +100,8 @@ def locate_causes(cf: Counterfactuals, ranked: Sequence[int], labels: dict[int, 
     rows = []
     members = causes[:TABLE_ROWS]
     others = [o for o in ranked if o in cf.twins and o not in set(causes)][:TABLE_OTHERS]  # for contrast
+    cf.prefetch([("op_exact", [op]) for op in members + others if causes != [op]]
+                + [("alone_quantized", [op]) for op in members])
     for op in members + others:
         exact = outcome if causes == [op] else cf.op_exact([op])
         alone = cf.alone_quantized([op]) if op in members else None
@@ -175,11 +177,16 @@ def verify_findings(findings, diagnosis, cf: Counterfactuals, verification: Veri
 
     target = verification.target
     lost = verification.loss >= MIN_LOSS and verification.loss * verification.samples >= MIN_LOST_SAMPLES - 1e-9
-    checked = []
-    for i, f in enumerate(findings):
+    def ops_to_check(i: int, f) -> tuple[int, ...]:
         ops = tuple(sorted(p for p in f.positions if p in cf.candidates))
         info = f.severity is Severity.INFO and not CHECK_INFO
-        if not lost or f.mechanism in NOT_OP_CAUSES or not ops or i >= VERIFY_FINDINGS or info:
+        return () if not lost or f.mechanism in NOT_OP_CAUSES or i >= VERIFY_FINDINGS or info else ops
+
+    cf.prefetch([("op_exact", ops) for i, f in enumerate(findings) if (ops := ops_to_check(i, f))])
+    checked = []
+    for i, f in enumerate(findings):
+        ops = ops_to_check(i, f)
+        if not ops:
             checked.append(f)
             continue
         outcome = cf.op_exact(ops)

@@ -60,19 +60,26 @@ def test_diagnose_on_ray_reports_as_in_process(cluster, outlier, monkeypatch):
     local = diagnose(model, data, **options)
 
     items: list[tuple[str, int]] = []  # (worker method, items) of each map
+    measured: list[tuple] = []  # the counterfactual items: (kind, ops, first batch, end batch)
 
     original = RayExecutor.map
 
     def counting_map(self, fn, jobs):
         items.append((fn.method, len(jobs)))
+        if fn.method == "measure":
+            measured.extend(jobs)
         return original(self, fn, jobs)
 
     monkeypatch.setattr(RayExecutor, "map", counting_map)
     remote = diagnose(model, data, executor="ray", workers=2, **options)
 
     assert ("run", 2) in items  # the passes: two shards
-    # Every evaluation but the baseline (run in the driver with the float outputs) is split between the two workers.
-    assert sum(1 for m, n in items if m == "measure" and n == 2) == remote.verification.evaluations - 1
+    # Every evaluation but the baseline (run in the driver with the float outputs) is measured on the workers, once:
+    # split by batches between the two, or whole as one item of a batch of independent ones (the table's rows).
+    assert len({(kind, ops) for kind, ops, _, _ in measured}) == remote.verification.evaluations - 1
+    batches = max(end for *_, end in measured)
+    assert any(first == 0 and end == batches for *_, first, end in measured)  # whole, side by side
+    assert any(end - first < batches for *_, first, end in measured)  # split
     assert local.findings and local.verification.causes  # something to locate and verify
     assert [f.mechanism for f in remote.findings] == [f.mechanism for f in local.findings]
     assert [(f.positions, f.severity, f.verified) for f in remote.findings] == \
