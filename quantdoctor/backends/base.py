@@ -247,6 +247,10 @@ class Runner(Protocol):
         """A constant tensor (weights, bias) as the model stores it."""
         ...
 
+    def release(self) -> None:
+        """Free the buffers that keep every tensor of a batch readable; the next run allocates them again."""
+        ...
+
 
 class SubgraphRunner(Protocol):
     """A cut of a model that runs on inputs fed from outside, in the source model's tensor indices."""

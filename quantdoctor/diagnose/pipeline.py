@@ -179,7 +179,8 @@ class _Run:
             seeds = [f.positions for f in found[:4] if f.mechanism not in ("accumulated_drift", "float_ops")]
             verification = locate_causes(cf, proxy_order(diagnosis, found), labels, seeds=seeds)
             found = verify_findings(found, diagnosis, cf, verification)
-            verification = replace(verification, evaluations=cf.count, seconds=round(cf.seconds, 3))
+            verification = replace(verification, evaluations=cf.count, seconds=round(cf.seconds, 3),
+                                   decided_early=cf.early)
         return found, verification
 
     def _probes(self, float_runner, quant_runner, matching):
@@ -353,6 +354,8 @@ class _Run:
             with self.prog.step("passes", "float + quantized passes", total=len(eval_ds)) as step:
                 passes.feed(float_runner, quant_runner, eval_ds, self.cfg.batch_size, probes, advance=step.advance)
         self._float_outputs = passes.kept_outputs()
+        for runner in (float_runner, quant_runner):  # what comes next builds its own cuts: free every batch tensor
+            runner.release()
         errors, result, margins = passes.results()
         return errors, with_example_input(result, eval_ds), margins, passes.channel_results()
 

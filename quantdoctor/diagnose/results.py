@@ -25,7 +25,7 @@ __all__ = [
     "ClassLoss", "MatchMethod", "ModelMetrics", "QuantParams", "TensorError", "Unmatched", "WeightInfo",
 ]  # re-exported for the report's users
 
-SCHEMA_VERSION = "1.4"
+SCHEMA_VERSION = "1.5"
 SQNR_CAP_DB = 60.0
 
 

@@ -91,6 +91,7 @@ class Verification:
     seconds: float
     note: str = ""  # why no cause was located, in words
     cause_labels: tuple[str, ...] = ()  # labels of `causes`, in order
+    decided_early: int = 0  # evaluations whose first batches settled their decision (`Counterfactuals.recovers`)
 
     @property
     def loss(self) -> float:
@@ -110,6 +111,7 @@ class Verification:
             "seconds": self.seconds,
             "note": self.note,
             "cause_labels": list(self.cause_labels),
+            "decided_early": self.decided_early,
         }
 
 

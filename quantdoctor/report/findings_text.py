@@ -226,7 +226,8 @@ def verification_sentence(diagnosis) -> str:
     v = getattr(diagnosis, "verification", None)
     if v is None:
         return ""
-    cost = f"{v.evaluations} evaluations, {v.seconds:.1f} s, {v.samples} samples"
+    early = f" ({v.decided_early} decided before their last batch)" if v.decided_early else ""
+    cost = f"{v.evaluations} evaluations{early}, {v.seconds:.1f} s, {v.samples} samples"
     if not v.causes:
         return f"Verification ({cost}): {v.note}"
     labels = list(v.cause_labels) or [f"op {p}" for p in v.causes]

@@ -78,6 +78,17 @@ def test_isolated_error_of_a_hybrid_conv_is_only_its_own():
         assert iso_err < 1e-6 < acc_err
 
 
+def test_a_released_runner_makes_its_interpreter_again_with_the_same_tensors():
+    model = converted()["int8"]
+    runner = TfliteRunner(model, batch_size=BATCH)
+    ids = [t for t in runner.graph.activations()]
+    before = runner.capture(sample_input(), ids)
+    runner.release()
+    assert runner._loaded is None
+    after = runner.capture(sample_input(), ids)
+    assert all(np.array_equal(before[t], after[t]) for t in ids)
+
+
 def test_batch_size_may_change_between_calls():
     model = converted()["int8"]
     runner, acts = capture(model, sample_input())

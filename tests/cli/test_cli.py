@@ -90,7 +90,7 @@ def test_user_files_are_not_modified(capsys, tiny_model_path, tiny_npz, tmp_path
     )
     assert code == 0, err
     report = json.loads(out)
-    assert report["schema_version"] == "1.4" and report["run"]["scheme"] == "dynamic"
+    assert report["schema_version"] == "1.5" and report["run"]["scheme"] == "dynamic"
     assert (tiny_model_path.read_bytes(), tiny_npz.read_bytes()) == before
 
 

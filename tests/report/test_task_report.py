@@ -308,6 +308,9 @@ def test_verification_names_the_task_headline(detect_diagnosis):
     assert ("Verification (3 evaluations, 1.5 s, 40 samples): making b1_dw_relu exact brings F1 from 0.12 to 0.91; "
             "every op exact gives 1.00.") in render_text(d, width=200)
     assert "top-1 agreement" not in text
+    early = dataclasses.replace(d, verification=dataclasses.replace(d.verification, decided_early=2))
+    assert "Verification (3 evaluations (2 decided before their last batch), 1.5 s, 40 samples)" in \
+        render_text(early, width=200)
     assert "Exact: F1 with this op computed by its float twin" in render_html(d)
     doc = json.loads(d.to_json())
     assert doc["verification"]["baseline"]["metric"] == "f1"

@@ -68,6 +68,7 @@ class OnnxRunner:
         self._threads = num_threads
         graph = graph_from_onnx(self.model)
         self._session = load_session(capturing_model(self.model, graph), num_threads=num_threads)
+        self._capturing = graph  # what `release` needs to make the session again
         by_name = {i.name: i for i in self._session.get_inputs()}
         self._ins = [by_name[graph.tensors[t].name] for t in graph.inputs]  # the graph's input order
         self._in = self._ins[0]
@@ -84,6 +85,10 @@ class OnnxRunner:
             probe = tuple(np.zeros((self._fixed_batch or 1, *i.shape[1:]), np.float32) for i in self._ins)
             self.graph = with_observed(graph, self._fetch(probe, unknown, raw=True))
         self._op_runner: OpRunner | None = None
+
+    def release(self) -> None:
+        """Drop the capturing session and its buffers; the next run makes it again."""
+        self._session = None
 
     def inputs(self) -> list[TensorSpec]:
         infos = [self.graph.tensors[t] for t in self.graph.inputs]
@@ -117,6 +122,10 @@ class OnnxRunner:
                 if part.shape[0] < step:
                     part = np.concatenate([part, np.zeros((step - part.shape[0], *part.shape[1:]), part.dtype)])
                 feed[info.name] = part
+            if self._session is None:  # released: made again
+                from quantdoctor.backends.onnx.loader import load_session
+
+                self._session = load_session(capturing_model(self.model, self._capturing), num_threads=self._threads)
             try:
                 values = self._session.run(names, feed)
             except Exception as exc:  # wrong shape or dtype: ORT's first line says which

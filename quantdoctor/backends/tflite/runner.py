@@ -52,21 +52,10 @@ class TfliteRunner:
     """
 
     def __init__(self, model: bytes, batch_size: int = 16, num_threads: int | None = None) -> None:
-        from quantdoctor.backends.tflite.loader import load_interpreter
-
         self.model = bytes(model)
         self.batch_size = batch_size
-        self._interp = load_interpreter(self.model, preserve_all_tensors=True, num_threads=num_threads)
-        try:
-            for detail in self._interp.get_input_details():
-                shape = list(detail["shape"])
-                if shape and shape[0] != batch_size:
-                    shape[0] = batch_size
-                    self._interp.resize_tensor_input(detail["index"], shape, strict=False)
-            self._interp.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"LiteRT cannot load the model: {first}") from None
+        self._threads = num_threads
+        self._loaded = self._load()
         self.graph: Graph = graph_from_interpreter(self._interp)
         self._op_runner: OpRunner | None = None
         # Inputs and outputs in the order of the graph (the model's signature order), not the interpreter's listing.
@@ -74,6 +63,33 @@ class TfliteRunner:
         self._ins = [by_index[t] for t in self.graph.inputs if t in by_index] or list(by_index.values())
         self._in = self._ins[0]
         self._out = self._interp.get_output_details()
+
+    def _load(self):
+        from quantdoctor.backends.tflite.loader import load_interpreter
+
+        interp = load_interpreter(self.model, preserve_all_tensors=True, num_threads=self._threads)
+        try:
+            for detail in interp.get_input_details():
+                shape = list(detail["shape"])
+                if shape and shape[0] != self.batch_size:
+                    shape[0] = self.batch_size
+                    interp.resize_tensor_input(detail["index"], shape, strict=False)
+            interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"LiteRT cannot load the model: {first}") from None
+        return interp
+
+    @property
+    def _interp(self):
+        """The interpreter, made again after `release`."""
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
+
+    def release(self) -> None:
+        """Drop the interpreter and its buffers (every tensor of a batch, kept readable); the next run makes it again."""
+        self._loaded = None
 
     def inputs(self) -> list[TensorSpec]:
         return [TensorSpec(d["name"], tuple(int(s) for s in d["shape"][1:]), np.dtype(d["dtype"]).name) for d in self._ins]

@@ -58,6 +58,16 @@ def test_run_equals_onnxruntime(kind, scheme):
     np.testing.assert_allclose(out, plain_run(model, x)[0], atol=1e-5)
 
 
+def test_a_released_runner_makes_its_session_again_with_the_same_outputs():
+    runner = OnnxRunner(model_of(MODELS[0], SCHEMES[0]), batch_size=8)
+    x = sample_input(5)
+    before = runner.run_all(x)
+    runner.release()
+    assert runner._session is None
+    after = runner.run_all(x)
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
 @pytest.mark.parametrize(("kind", "scheme"), variants())
 def test_capture_returns_every_activation_as_a_plain_session_computes_it(kind, scheme):
     model = model_of(kind, scheme)
