@@ -288,6 +288,11 @@ class Counterfactuals:
         if acc is None:
             acc = self._new_acc()
             self.count += 1
+        elif target is not None:  # asked again: the batches already run may settle it
+            decided = self._settled(acc, first - 1, target)
+            if decided is not None:
+                self._partial[key] = (acc, first)
+                return decided
         splice, compute = self._splice(kind, ops)
         try:
             for i in range(first, len(self.batches)):
