@@ -227,7 +227,8 @@ def verification_sentence(diagnosis) -> str:
     if v is None:
         return ""
     early = f" ({v.decided_early} decided before their last batch)" if v.decided_early else ""
-    cost = f"{v.evaluations} evaluations{early}, {v.seconds:.1f} s, {v.samples} samples"
+    plural = "" if v.evaluations == 1 else "s"
+    cost = f"{v.evaluations} evaluation{plural}{early}, {v.seconds:.1f} s, {v.samples} samples"
     if not v.causes:
         return f"Verification ({cost}): {v.note}"
     labels = list(v.cause_labels) or [f"op {p}" for p in v.causes]
