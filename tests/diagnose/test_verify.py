@@ -153,3 +153,21 @@ def test_an_early_decision_is_the_full_decision_and_resuming_it_measures_the_sam
         assert full.topk_agreement == fresh.op_exact(ops).topk_agreement
         assert full.logit_sqnr_db == pytest.approx(fresh.op_exact(ops).logit_sqnr_db, rel=1e-6)
     assert cf.count == fresh.count  # a resumed evaluation is still one evaluation
+
+
+def test_regrouping_keeps_each_samples_inputs_labels_and_outputs_together():
+    from quantdoctor.diagnose.counterfactuals import _regroup
+
+    rng = np.random.default_rng(0)
+    image, vector, label = rng.normal(size=(10, 3, 2)), rng.normal(size=(10, 4)), np.arange(10)
+    f_out, q_out = image.sum(axis=(1, 2))[:, None], vector.sum(axis=1)[:, None]
+    cuts = [(0, 4), (4, 8), (8, 10)]
+    batches = [((image[a:b], vector[a:b]), label[a:b]) for a, b in cuts]
+    order = np.array([7, 2, 9, 0, 1, 3, 4, 5, 6, 8])
+    new, f_new, q_new = _regroup(batches, [[f_out[a:b]] for a, b in cuts], [[q_out[a:b]] for a, b in cuts], order, 3)
+    assert [len(y) for _, y in new] == [3, 3, 3, 1] and all(isinstance(x, tuple) for x, _ in new)
+    seen = np.concatenate([y for _, y in new])
+    assert np.array_equal(seen, order)
+    for ((img, vec), y), (f,), (q,) in zip(new, f_new, q_new, strict=True):
+        assert np.array_equal(img, image[y]) and np.array_equal(vec, vector[y])
+        assert np.array_equal(f, f_out[y]) and np.array_equal(q, q_out[y])
