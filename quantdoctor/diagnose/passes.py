@@ -43,6 +43,9 @@ class Passes:
 
         self.matched = [p.float_index for p in matching.pairs]
         self.q_ids = [p.quant_index for p in matching.pairs]
+        self._q_of: dict[int, list[int]] = {}  # float tensor -> its quantized partners, in pair order
+        for f, q in zip(self.matched, self.q_ids):
+            self._q_of.setdefault(f, []).append(q)
         # Tensors that join parts: a concatenation's output and the graph outputs get per-channel errors, so the
         # channel groups of a mixed tensor are measured (`diagnose/mixed_ranges.py`).
         joins = set()
@@ -92,18 +95,34 @@ class Passes:
         return self.q_ids + self.q_outs
 
     def update(self, fv: dict[int, np.ndarray], qv: dict[int, np.ndarray], labels: np.ndarray | None, n: int) -> None:
-        """Fold in one batch of `n` samples: fv/qv map float/quantized tensor indices to float32 values."""
-        for f, q in zip(self.matched, self.q_ids):
-            self.errors[f].update(fv[f], qv[q])
-            if f in self.channels:
-                self.channels[f].update(fv[f], qv[q])
-        self.task.update([fv[t] for t in self.f_outs], [qv[t] for t in self.q_outs], labels)
-        if self.margins is not None:
-            c = self.class_output
-            self.margins.update(fv[self.f_outs[c]].reshape(n, -1), qv[self.q_outs[c]].reshape(n, -1))
+        """Fold in one batch of `n` samples: fv/qv map float/quantized tensor indices to float32 values.
+
+        The tensors' errors fold on `FOLD_THREADS` threads, each accumulator on one (`stats.accumulators.deal`), while
+        this thread folds the outputs.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from quantdoctor.stats.accumulators import FOLD_THREADS, deal
+
+        with ThreadPoolExecutor(FOLD_THREADS) as pool:
+            parts = deal({f: fv[f].size for f in self._q_of}, FOLD_THREADS)
+            folds = [pool.submit(self._fold, part, fv, qv) for part in parts]
+            self.task.update([fv[t] for t in self.f_outs], [qv[t] for t in self.q_outs], labels)
+            if self.margins is not None:
+                c = self.class_output
+                self.margins.update(fv[self.f_outs[c]].reshape(n, -1), qv[self.q_outs[c]].reshape(n, -1))
+            for fold in folds:
+                fold.result()
         take = min(n, self.keep - sum(len(k[0]) for k in self.kept)) if self.f_outs else 0
         if take > 0:
             self.kept.append([np.array(fv[t][:take], copy=True) for t in self.f_outs])
+
+    def _fold(self, part: Sequence[int], fv: dict[int, np.ndarray], qv: dict[int, np.ndarray]) -> None:
+        for f in part:
+            for q in self._q_of[f]:
+                self.errors[f].update(fv[f], qv[q])
+                if f in self.channels:
+                    self.channels[f].update(fv[f], qv[q])
 
     def merge(self, other: Passes) -> Passes:
         """A new state holding both streams (`self` and `other` unchanged)."""

@@ -34,7 +34,6 @@ _QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 # Float32 bytes of the inputs and outputs one interpreter of side-by-side ops may hold: a few of them run the probes
 # of a model instead of two cuts per op, and the memory they hold stays bounded.
 GROUP_BYTES = 128 << 20
-STATS_THREADS = 2  # threads folding the statistics of a batch (the machines this runs on have 2 cores and up)
 
 
 @dataclass(frozen=True)
@@ -112,14 +111,17 @@ class Probes:
     def update(self, fv: dict[int, np.ndarray], qv: dict[int, np.ndarray]) -> None:
         """Fold in one batch: fv/qv map float/quantized tensor indices to their float32 values.
 
-        The statistics are folded on `STATS_THREADS` worker threads (numpy releases the GIL in its loops), each
+        The statistics are folded on `FOLD_THREADS` worker threads (numpy releases the GIL in its loops), each
         accumulator by one thread in batch order, so the result is the one a single thread gives; the isolated ops
         run meanwhile. All of it is done before returning: `fv`/`qv` may be views the next invoke overwrites.
         """
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(STATS_THREADS) as pool:
-            folds = [pool.submit(self._fold, part, fv, qv) for part in _split(self.acts, fv, STATS_THREADS)]
+        from quantdoctor.stats.accumulators import FOLD_THREADS, deal
+
+        with ThreadPoolExecutor(FOLD_THREADS) as pool:
+            parts = deal({f: fv[f].size for f in self.acts}, FOLD_THREADS)
+            folds = [pool.submit(self._fold, part, fv, qv) for part in parts]
             self._probe_ops(fv)
             for fold in folds:
                 fold.result()
@@ -297,16 +299,6 @@ class Probes:
             if weights is not None and weights.actual.shape == tuple(f_w.shape):
                 out[f_op.index] = {f_w.index: weights.actual.astype(np.float32)}
         return out
-
-
-def _split(acts: dict[int, tuple], fv: dict[int, np.ndarray], parts: int) -> list[list[int]]:
-    """The tensors of `acts` dealt into `parts` lists of about equal size (largest first, each to the lightest)."""
-    loads, out = [0] * parts, [[] for _ in range(parts)]
-    for f in sorted(acts, key=lambda f: -fv[f].size):
-        k = loads.index(min(loads))
-        out[k].append(f)
-        loads[k] += fv[f].size
-    return [p for p in out if p]
 
 
 def _groups(probes: list[_OpProbe], fv: dict[int, np.ndarray], n: int) -> list[list[_OpProbe]]:

@@ -19,6 +19,20 @@ from quantdoctor.stats.metrics import cosine_from_sums, relative_rmse_from_sums,
 
 R = TypeVar("R")
 
+FOLD_THREADS = 2  # threads folding one batch into many accumulators (the machines this runs on have 2 cores and up)
+
+
+def deal(sizes: dict[int, int], parts: int) -> list[list[int]]:
+    """The keys of `sizes` dealt into at most `parts` lists of about equal total size (largest first, each to the
+    lightest list): one thread's share of a batch's accumulators, each folded by one thread only (numpy releases the
+    GIL in its loops), so the result is the one a single thread gives."""
+    loads, out = [0] * parts, [[] for _ in range(parts)]
+    for key in sorted(sizes, key=lambda k: -sizes[k]):
+        k = loads.index(min(loads))
+        out[k].append(key)
+        loads[k] += sizes[key]
+    return [p for p in out if p]
+
 
 def result_from_dict(cls: type[R], data: dict[str, Any]) -> R:
     """Build the frozen result dataclass `cls` from its `to_dict()` output.
