@@ -90,3 +90,14 @@ def tiny_npz(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "tiny.npz"
     np.savez(path, x=x, y=y)
     return path
+
+
+@pytest.fixture(scope="session")
+def planted_npz(tmp_path_factory):
+    """Held-out real digits for the planted-fault models of tests/planted.py."""
+    from tests.planted import planted_data
+
+    x, y = planted_data()
+    path = tmp_path_factory.mktemp("planted") / "digits.npz"
+    np.savez(path, x=x, y=y)
+    return path

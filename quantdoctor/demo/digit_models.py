@@ -324,13 +324,19 @@ def multi_head_model(seed: int = 0, epochs: int = 6) -> keras.Model:
 # ---- PyTorch models (for the ONNX Runtime path) --------------------------------------------------------------
 
 
-def two_input_torch(seed: int = 0) -> torch.nn.Module:
-    """Seeded, untrained: forward(image (N, 1, 16, 16), features (N, 8)) -> class logits (N, 10)."""
+def _seeded_torch(seed: int):
+    """torch (imported through the backend's check, which names the extra to install), its generator seeded."""
     from quantdoctor.backends.torch.export import import_torch
 
     torch = import_torch()
-    nn = torch.nn
     torch.manual_seed(seed)
+    return torch
+
+
+def two_input_torch(seed: int = 0) -> torch.nn.Module:
+    """Seeded, untrained: forward(image (N, 1, 16, 16), features (N, 8)) -> class logits (N, 10)."""
+    torch = _seeded_torch(seed)
+    nn = torch.nn
 
     class TwoInput(nn.Module):
         def __init__(self):
@@ -352,11 +358,8 @@ def two_input_torch(seed: int = 0) -> torch.nn.Module:
 def multi_head_torch(seed: int = 0) -> torch.nn.Module:
     """Seeded, untrained, ONet-like: forward(image (N, 1, 48, 48)) -> (class logits (N, 10), box (N, 4), landmarks
     (N, 10))."""
-    from quantdoctor.backends.torch.export import import_torch
-
-    torch = import_torch()
+    torch = _seeded_torch(seed)
     nn = torch.nn
-    torch.manual_seed(seed)
 
     class MultiHead(nn.Module):
         def __init__(self):
@@ -386,11 +389,8 @@ def detector_torch(trained: keras.Model | None = None, seed: int = 0) -> torch.n
     Weights are ported rather than trained in torch: the same loss, 3000 canvases x 6 epochs, took 168 s here
     (held-out F1 0.84), far above a test fixture's budget; the port matches Keras to float rounding.
     """
-    from quantdoctor.backends.torch.export import import_torch
-
-    torch = import_torch()
+    torch = _seeded_torch(seed)
     nn = torch.nn
-    torch.manual_seed(seed)
     cols, rows = np.meshgrid(np.arange(GRID), np.arange(GRID))
     offset = np.stack([cols, rows, np.zeros_like(cols), np.zeros_like(cols)]).reshape(1, 4, GRID, GRID)
     scale = np.array([GRID_STRIDE, GRID_STRIDE, MAX_BOX, MAX_BOX], np.float32).reshape(1, 4, 1, 1)

@@ -218,11 +218,11 @@ class Counterfactuals:
 
     def op_exact(self, ops: Sequence[int]) -> Outcome:
         """The quantized model with `ops` computed by their float twins on the inputs the quantized model gives."""
-        return self._measure("op_exact", tuple(sorted(set(int(o) for o in ops))))
+        return self._measure("op_exact", op_set(ops))
 
     def alone_quantized(self, ops: Sequence[int]) -> Outcome:
         """The float model with only `ops` computed by their quantized versions."""
-        return self._measure("alone_quantized", tuple(sorted(set(int(o) for o in ops))))
+        return self._measure("alone_quantized", op_set(ops))
 
     def prefetch(self, wanted: Sequence[tuple[str, Sequence[int]]]) -> None:
         """Counterfactuals about to be read, independent of each other ((kind, ops) pairs: "op_exact" or
@@ -239,7 +239,7 @@ class Counterfactuals:
         after them. A later `op_exact(ops)` resumes from where this stopped. Other tasks' headlines are not counts:
         they run every batch.
         """
-        key = ("op_exact", tuple(sorted(set(int(o) for o in ops))))
+        key = ("op_exact", op_set(ops))
         if key not in self._done:
             decided = self._evaluate(*key, target=target)
             if decided is not None:
@@ -339,6 +339,11 @@ class Counterfactuals:
         rec = math.nan if base is None else recovery(base.top1_agreement, value)
         sqnr = min((o.sqnr_db for o in result.outputs), default=math.nan)
         return Outcome(kind, ops, value, value, None, sqnr, rec, metric=result.headline)
+
+
+def op_set(ops: Sequence[int]) -> tuple[int, ...]:
+    """The key a counterfactual is remembered by: its ops, each once, in order."""
+    return tuple(sorted({int(o) for o in ops}))
 
 
 def _nothing(op: int, args: list[np.ndarray]) -> list[np.ndarray]:

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from quantdoctor.backends.base import as_inputs, batch_slice
-from quantdoctor.diagnose.counterfactuals import Counterfactuals
+from quantdoctor.diagnose.counterfactuals import Counterfactuals, op_set
 from quantdoctor.executors.base import Executor, WorkerMethod
 
 
@@ -200,7 +200,7 @@ class ShardedCounterfactuals(Counterfactuals):
     def prefetch(self, wanted) -> None:
         """Independent counterfactuals measured whole, one per item, side by side on the workers (no splice is built
         twice, as splitting each one's batches would)."""
-        keys = [k for k in dict.fromkeys((kind, tuple(sorted({int(o) for o in ops}))) for kind, ops in wanted)
+        keys = [k for k in dict.fromkeys((kind, op_set(ops)) for kind, ops in wanted)
                 if k not in self._done]
         if len(keys) < 2:
             return

@@ -12,17 +12,6 @@ ray = pytest.importorskip("ray")
 from quantdoctor.executors import RayExecutor, WorkerMethod  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def planted_npz(tmp_path_factory):
-    """Held-out real digits for the planted-fault models of tests/planted.py (as tests/repair/conftest.py)."""
-    import numpy as np
-
-    from tests.planted import planted_data
-
-    x, y = planted_data()
-    path = tmp_path_factory.mktemp("planted") / "digits.npz"
-    np.savez(path, x=x, y=y)
-    return path
 
 
 class Tagged:

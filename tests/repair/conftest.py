@@ -3,7 +3,6 @@ fail), and the same model with a planted fault that only per-tensor int8 weights
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from tests.conftest import build_tiny_model, tiny_data
@@ -43,12 +42,3 @@ def planted_model_path(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def planted_npz(tmp_path_factory):
-    """Held-out real digits for the planted-fault models of tests/planted.py."""
-    from tests.planted import planted_data
-
-    x, y = planted_data()
-    path = tmp_path_factory.mktemp("planted") / "digits.npz"
-    np.savez(path, x=x, y=y)
-    return path
